@@ -1,0 +1,1 @@
+"""Benchmarks on local MTEB task data: quality and speed suites with baselines."""

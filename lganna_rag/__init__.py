@@ -1,0 +1,41 @@
+"""lganna-rag: instruction-aware decoder embeddings (LG-ANNA method) for retrieval and RAG.
+
+``LGAnnaEncoder`` embeds queries (instruction + few-shot examples) and documents;
+``LGAnnaEmbeddings`` is its LangChain ``Embeddings`` adapter (imported lazily, so the core never
+imports LangChain unless you ask for it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["LGAnnaEncoder", "LGAnnaEmbeddings", "Task", "get_task", "render_query", "ModelConfig", "__version__"]
+
+_LAZY = {
+    "LGAnnaEncoder": ("lganna_rag.encoder", "LGAnnaEncoder"),
+    "LGAnnaEmbeddings": ("lganna_rag.integrations.langchain", "LGAnnaEmbeddings"),
+    "Task": ("lganna_rag.prompts", "Task"),
+    "get_task": ("lganna_rag.prompts", "get_task"),
+    "render_query": ("lganna_rag.prompts", "render_query"),
+    "ModelConfig": ("lganna_rag.models", "ModelConfig"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoder import LGAnnaEncoder
+    from .integrations.langchain import LGAnnaEmbeddings
+    from .models import ModelConfig
+    from .prompts import Task, get_task, render_query
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use (keeps ``import lganna_rag`` fast and framework-free)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lganna_rag' has no attribute {name!r}")

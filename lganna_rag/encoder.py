@@ -1,0 +1,399 @@
+"""The instruction-aware embedder: any Hugging Face checkpoint, last-token/mean/CLS pooling.
+
+``LGAnnaEncoder.from_pretrained()`` loads the default model; ``encode_queries`` renders each
+query with the task instruction and few-shot examples (see :mod:`lganna_rag.prompts`),
+``encode_documents`` embeds plain text. For decoders an EOS token is appended explicitly and
+its final hidden state is the embedding (L2-normalised by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .models import (
+    REGISTRY,
+    ModelConfig,
+    ModelNotFoundError,
+    default_model_name,
+    read_model_config,
+)
+from .prompts import Task, get_task, render_query
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+    """Pool token states ``(batch, seq, dim)`` into ``(batch, dim)``; works for left and right padding.
+
+    ``last`` takes the last position whose mask is 1, ``cls`` the first, ``mean`` averages them.
+    """
+    mask = attention_mask.to(hidden.device)
+    if method == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    seq_len = mask.shape[1]
+    positions = torch.arange(seq_len, device=mask.device)
+    if method == "last":
+        index = (mask * positions).argmax(dim=1)
+    elif method == "cls":
+        index = (mask * (seq_len - positions)).argmax(dim=1)
+    else:
+        raise ValueError(f"unknown pooling {method!r}; use 'last', 'mean' or 'cls'")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def check_texts(texts: Any) -> list[str]:
+    """Return ``texts`` as a list of str, raising ``TypeError`` that names the first bad item."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str (got {t!r:.60})")
+    return texts
+
+
+def _is_decoder(hf_config: Any) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return hf_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _resolve_dir(source: str, revision: str | None) -> Path:
+    """A local directory for ``source``: itself, or a hub snapshot (safetensors and configs only)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{source!r} is a file; pass the model's directory")
+    if not _HUB_ID.fullmatch(source):
+        raise ModelNotFoundError(
+            f"no model {source!r}: it is not a local directory, not a registered name "
+            f"({', '.join(REGISTRY)}), and not a Hugging Face hub id (org/name)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # network errors, offline mode, missing repo: one clear message
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise ModelNotFoundError(
+            f"could not get {source!r} from the Hugging Face hub"
+            f"{' (HF_HUB_OFFLINE is set and it is not in the local cache)' if offline else ''}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Download it on a machine with "
+            f"network access (huggingface-cli download {source}) and pass the local directory instead."
+        ) from exc
+
+
+def _require_safetensors(directory: Path, what: str = "model") -> None:
+    if not any(directory.glob("*.safetensors")):
+        pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt*")]
+        hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
+        raise ModelNotFoundError(f"{directory} holds no *.safetensors {what} weights{hint}")
+
+
+class LGAnnaEncoder:
+    """Embeds queries (with instructions and examples) and documents with one transformer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: ModelConfig,
+        *,
+        name: str = "model",
+        is_decoder: bool = True,
+    ) -> None:
+        """Wrap an already loaded ``model`` and ``tokenizer``; most users call :meth:`from_pretrained`."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name
+        self.is_decoder = is_decoder
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if config.append_eos and eos is None:
+            raise ValueError(f"model {name!r}: append_eos is set but the tokenizer has no EOS token")
+        self.eos_token_id: int | None = eos
+        pad = tokenizer.pad_token_id
+        self.pad_token_id: int = pad if pad is not None else (eos if eos is not None else 0)
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and config.max_length > limit:
+            config.max_length = limit
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        adapter: str | os.PathLike | None = None,
+        merge_adapter: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        **settings: Any,
+    ) -> "LGAnnaEncoder":
+        """Load a model by registered name, local directory or hub id (``None``: the default model).
+
+        ``adapter`` is a PEFT LoRA directory applied on top (``merge_adapter=True`` merges it into
+        the weights). ``settings`` override ``lganna.json`` fields (e.g. ``pooling="mean"``).
+        Only safetensors weights are loaded; ``trust_remote_code`` is off unless you pass it.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        name = str(name_or_path) if name_or_path is not None else default_model_name()
+        overrides: dict[str, Any] = {}
+        if name in REGISTRY:
+            overrides.update(REGISTRY[name].overrides)
+            source = REGISTRY[name].locate()
+        else:
+            source = name
+        directory = _resolve_dir(source, revision)
+
+        adapter_dir = Path(adapter).expanduser() if adapter is not None else None
+        if adapter_dir is None and (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
+            adapter_dir = directory  # the directory is an adapter: find its base model
+            base = read_model_config(directory, is_decoder=True).base_model if (directory / "lganna.json").is_file() else None
+            base = base or json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+            if base in REGISTRY:
+                overrides = {**REGISTRY[base].overrides}
+                base = REGISTRY[base].locate()
+            directory = _resolve_dir(base, None)
+        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+
+        _require_safetensors(directory)
+        try:
+            hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            raise ModelNotFoundError(f"{directory}: unsupported model config ({exc})") from exc
+        is_decoder = _is_decoder(hf_config)
+        dev = torch.device(device) if device is not None else _default_device()
+        if dtype is None:
+            torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        else:
+            torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        model = AutoModel.from_pretrained(
+            directory, config=hf_config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+        tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else directory
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+
+        cfg_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "lganna.json").is_file() else directory
+        config = read_model_config(cfg_dir, is_decoder=is_decoder)
+        values = {**config.__dict__, **overrides, **settings}
+        if max_length is not None:
+            values["max_length"] = max_length
+        config = ModelConfig(**values)
+
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            _require_safetensors(adapter_dir, "adapter")
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            if merge_adapter:
+                model = model.merge_and_unload()
+        model.to(dev).eval()
+        return cls(model, tokenizer, config, name=name, is_decoder=is_decoder)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save weights (safetensors; a PEFT model saves its adapter), tokenizer and ``lganna.json``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        self.config.save(out)
+        return out
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dimension(self) -> int:
+        """Size of the embedding vectors."""
+        return int(self.model.config.hidden_size)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"LGAnnaEncoder(name={self.name!r}, dim={self.dimension}, pooling={c.pooling!r}, "
+            f"template={c.prompt_template!r}, max_length={c.max_length}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ tokenisation and forward
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> tuple[list[list[int]], int]:
+        """Token ids per text (EOS appended when configured) and how many texts were truncated."""
+        max_length = max_length or self.config.max_length
+        append = self.config.append_eos
+        limit = max_length - 1 if append else max_length
+        ids = self.tokenizer(
+            list(texts), add_special_tokens=True, truncation=True, max_length=limit,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        at_limit = [i for i, row in enumerate(ids) if len(row) >= limit]
+        truncated = 0
+        if at_limit:
+            from transformers.utils import logging as hf_logging
+
+            previous = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # silence "sequence longer than the model maximum"
+            try:
+                full = self.tokenizer([texts[i] for i in at_limit], add_special_tokens=True, truncation=False)["input_ids"]
+            finally:
+                hf_logging.set_verbosity(previous)
+            truncated = sum(len(row) > limit for row in full)
+        if append:
+            eos = self.eos_token_id
+            ids = [row if row and row[-1] == eos else row + [eos] for row in ids]
+        return ids, truncated
+
+    def collate(self, token_lists: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token id lists into ``input_ids`` and ``attention_mask`` tensors on the model device."""
+        width = max(len(t) for t in token_lists)
+        input_ids = torch.full((len(token_lists), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+        for row, toks in enumerate(token_lists):
+            input_ids[row, : len(toks)] = torch.as_tensor(toks, dtype=torch.long)
+            mask[row, : len(toks)] = 1
+        dev = self.device
+        return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}
+
+    def embed(self, batch: dict[str, torch.Tensor], normalize: bool | None = None) -> torch.Tensor:
+        """Pooled (and optionally normalised) float32 embeddings of a collated batch; keeps autograd."""
+        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.is_decoder:
+            kwargs["use_cache"] = False
+            if "position_ids" in batch:
+                kwargs["position_ids"] = batch["position_ids"]
+        hidden = self.model(**kwargs).last_hidden_state
+        vectors = pool(hidden, batch["attention_mask"], self.config.pooling).float()
+        if self.config.normalize if normalize is None else normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        return vectors
+
+    # ------------------------------------------------------------------ public encoding API
+    def _encode_texts(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        normalize_embeddings: bool | None,
+        max_length: int | None,
+    ) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        ids, truncated = self.tokenize(texts, max_length)
+        if truncated:
+            logger.warning(
+                "%d of %d texts were longer than max_length=%d tokens and were truncated",
+                truncated, len(texts), max_length or self.config.max_length,
+            )
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        n_batches = (len(order) + batch_size - 1) // batch_size
+        if show_progress_bar is None:
+            show_progress_bar = n_batches > 16 and sys.stderr.isatty()
+        from tqdm.auto import tqdm
+
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), total=n_batches, desc="Encoding",
+                              disable=not show_progress_bar, unit="batch"):
+                index = order[start : start + batch_size]
+                vectors = self.embed(self.collate([ids[i] for i in index]), normalize=normalize_embeddings)
+                out[index] = vectors.cpu().numpy()
+        return out
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        prompt: str | None = None,
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool | None = None,
+        max_length: int | None = None,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray:
+        """Embed ``texts`` as given, with ``prompt`` (a literal prefix) prepended when set.
+
+        Returns a float32 array ``(len(texts), dim)``, or ``(dim,)`` for a single string.
+        ``normalize_embeddings`` defaults to the model's setting (normally True).
+        """
+        if not convert_to_numpy:
+            raise ValueError("only numpy output is supported (convert_to_numpy=True)")
+        single = isinstance(texts, str)
+        items = check_texts([texts] if single else texts)
+        if prompt:
+            items = [prompt + t for t in items]
+        out = self._encode_texts(items, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                 normalize_embeddings=normalize_embeddings, max_length=max_length)
+        return out[0] if single else out
+
+    def render_queries(
+        self, texts: Sequence[str], task: Task | str | None = None, examples: Iterable[Sequence[str]] | None = None
+    ) -> list[str]:
+        """The exact strings ``encode_queries`` feeds the model (before tokenisation)."""
+        items = check_texts(texts)
+        template = self.config.prompt_template
+        if template is None:
+            return items
+        resolved = get_task(task if task is not None else self.config.default_task, examples)
+        return [render_query(t, resolved, template) for t in items]
+
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        task: Task | str | None = None,
+        examples: Iterable[Sequence[str]] | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Embed queries with a task instruction and optional few-shot ``(query, response)`` examples.
+
+        ``task`` is a :class:`~lganna_rag.prompts.Task` or a registered name (``"retrieval"``,
+        ``"sts"``, ``"SciFact"``, ...); ``None`` uses the model's default task. Models without a
+        prompt template (e.g. ``minilm``) embed queries as plain text.
+        """
+        single = isinstance(texts, str)
+        rendered = self.render_queries([texts] if single else texts, task, examples)
+        out = self.encode(rendered, **kwargs)
+        return out[0] if single else out
+
+    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
+        """Embed documents as plain text (no instruction)."""
+        return self.encode(texts, **kwargs)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity matrix between two sets of vectors."""
+        a = np.atleast_2d(a).astype(np.float32)
+        b = np.atleast_2d(b).astype(np.float32)
+        a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+        return a @ b.T

@@ -1,0 +1,1 @@
+"""Training of LG-ANNA embedders: teachers and soft labels, hard-negative mining, ICL prompts, losses, trainer."""
