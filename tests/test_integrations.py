@@ -14,7 +14,7 @@ from tiny_models import tiny_model_dir
 
 
 # ---------------------------------------------------------------------------- LangChain standard suites
-class TestLGAnnaEmbeddingsUnit(EmbeddingsUnitTests):
+class _TinyMistralParams:
     @property
     def embeddings_class(self):
         return LGAnnaEmbeddings
@@ -24,14 +24,12 @@ class TestLGAnnaEmbeddingsUnit(EmbeddingsUnitTests):
         return {"model": str(tiny_model_dir("mistral")), "task": "retrieval"}
 
 
-class TestLGAnnaEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self):
-        return LGAnnaEmbeddings
+class TestLGAnnaEmbeddingsUnit(_TinyMistralParams, EmbeddingsUnitTests):
+    pass
 
-    @property
-    def embedding_model_params(self):
-        return {"model": str(tiny_model_dir("mistral")), "task": "retrieval"}
+
+class TestLGAnnaEmbeddingsIntegration(_TinyMistralParams, EmbeddingsIntegrationTests):
+    pass
 
 
 def test_top_level_import_is_lazy():
