@@ -3,13 +3,74 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from .quality import RESULTS_DIR
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 @click.group()
 def bench() -> None:
-    """Benchmarks on the shared task data ($LGANNA_DATA)."""
+    """Benchmarks on the shared task data ($LGANNA_DATA): quality, speed, report.
+
+    \b
+    Examples:
+      lganna-rag bench quality --models bm25,minilm,wordllama,hybrid
+      lganna-rag bench quality --models minilm --tasks SciFact,STSBenchmark
+      lganna-rag bench quality --models ./my-model --quick
+      lganna-rag bench speed
+      lganna-rag bench report
+    """
+
+
+@bench.command("quality")
+@click.option("--models", default="bm25,minilm,wordllama,hybrid", show_default=True,
+              help="Comma-separated: bm25, minilm, wordllama, hybrid[:DENSE], a registered name or a model directory.")
+@click.option("--tasks", default=None, help="Comma-separated task folders or MTEB names (default: all shared tasks).")
+@click.option("--quick", is_flag=True, help="Small deterministic slice of one task per type (smoke test, ~1-2 min).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+@click.option("--no-report", is_flag=True, help="Do not rewrite leaderboard.md and the plots.")
+def quality_cmd(models: str, tasks: str | None, quick: bool, batch_size: int, out_dir: Path, no_report: bool) -> None:
+    """Score models with mteb's evaluators on every shared task; writes <out>/<model>.json."""
+    from .quality import run_quality
+    from .report import write_report
+
+    try:
+        run_quality(_split(models) or [], _split(tasks), quick=quick, out_dir=out_dir, batch_size=batch_size,
+                    progress=click.echo)
+    except (KeyError, FileNotFoundError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not quick and not no_report:
+        click.echo(f"report: {write_report(out_dir)}")
+
+
+@bench.command("speed")
+@click.option("--models", default="minilm,wordllama", show_default=True, help="Encoders to time (MiniLM is always included as the baseline).")
+@click.option("--n", "n", default=1000, show_default=True, help="Number of real texts to encode.")
+@click.option("--sizes", default="10000,100000", show_default=True, help="Vector-store sizes.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+def speed_cmd(models: str, n: int, sizes: str, out_dir: Path) -> None:
+    """Encoder throughput/load time/memory vs MiniLM, matmul ceiling, vector-store latency and recall."""
+    from .report import write_report
+    from .speed import run_speed
+
+    run_speed(_split(models) or [], n=n, sizes=tuple(int(s) for s in sizes.split(",")), out_dir=out_dir, progress=click.echo)
+    click.echo(f"report: {write_report(out_dir)}")
+
+
+@bench.command("report")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+def report_cmd(out_dir: Path) -> None:
+    """Rebuild leaderboard.md and the PNG plots from the result files."""
+    from .report import write_report
+
+    click.echo(str(write_report(out_dir)))
 
 
 @bench.command("parity")

@@ -91,3 +91,148 @@ def ndcg_at_k(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
         idcg = sum(rel / math.log2(rank + 2) for rank, rel in enumerate(ideal))
         total += dcg / idcg
     return total / n if n else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Every shared task: folder -> (MTEB task name or None, our task type, MTEB subset)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SharedTask:
+    """One folder of the shared data and how it maps onto MTEB."""
+
+    folder: str
+    task_type: str
+    mteb_name: str | None = None
+    subset: str = "default"
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        """The MTEB task name, or the folder name for tasks MTEB does not have."""
+        return self.mteb_name or self.folder
+
+
+SHARED_TASKS: tuple[SharedTask, ...] = (
+    SharedTask("SciFact", "retrieval", "SciFact"),
+    SharedTask("ArguAna", "retrieval", "ArguAna"),
+    SharedTask("Cranfield", "retrieval", note="classic collection, not in MTEB"),
+    SharedTask("CACM", "retrieval", note="classic collection, not in MTEB"),
+    SharedTask("NPL", "retrieval", note="classic collection, not in MTEB"),
+    SharedTask("TrecQA", "reranking", note="not in MTEB"),
+    SharedTask("WikiQA", "reranking", note="not in MTEB"),
+    SharedTask("LiveQAMedicalReranking", "reranking", note="not in MTEB"),
+    SharedTask("STS12", "sts", "STS12"),
+    SharedTask("STS13", "sts", "STS13"),
+    SharedTask("STS14", "sts", "STS14"),
+    SharedTask("STS15", "sts", "STS15"),
+    SharedTask("STS17", "sts", "STS17", subset="en-en"),
+    SharedTask("STSBenchmark", "sts", "STSBenchmark"),
+    SharedTask("SICK-R", "sts", "SICK-R"),
+    SharedTask("BIOSSES", "sts", "BIOSSES"),
+    SharedTask("Banking77", "classification", "Banking77Classification"),
+    SharedTask("AmazonCounterfactual", "classification", "AmazonCounterfactualClassification", subset="en"),
+    SharedTask("TweetSentimentExtraction", "classification", "TweetSentimentExtractionClassification"),
+    SharedTask("MassiveIntentClassification", "classification", "MassiveIntentClassification", subset="en",
+               note="classifier trained on MASSIVE validation (MTEB: train)"),
+    SharedTask("MassiveScenarioClassification", "classification", "MassiveScenarioClassification", subset="en",
+               note="classifier trained on MASSIVE validation (MTEB: train)"),
+    SharedTask("Clinc150", "classification", note="not in MTEB"),
+    SharedTask("TRECQuestionClassification", "classification", note="not in MTEB"),
+    SharedTask("SST2", "classification", note="not in MTEB"),
+    SharedTask("TwentyNewsgroupsClustering", "clustering", "TwentyNewsgroupsClustering",
+               note="one set of 7,532 subjects; MTEB samples 10 sets"),
+    SharedTask("Banking77Clustering", "clustering", note="derived, not in MTEB"),
+    SharedTask("StackOverflowTitleClustering", "clustering", note="not in MTEB"),
+    SharedTask("BiomedicalTitleClustering", "clustering", note="not in MTEB"),
+    SharedTask("TwitterSemEval2015", "pair_classification", "TwitterSemEval2015",
+               note="official 838-pair test; MTEB has 16,777 pairs"),
+    SharedTask("MSRP", "pair_classification", note="not in MTEB"),
+    SharedTask("RQEMedicalPairs", "pair_classification", note="not in MTEB"),
+)
+
+
+def shared_task(name: str) -> SharedTask:
+    """Look a shared task up by folder or MTEB name (case-insensitive)."""
+    for task in SHARED_TASKS:
+        if name.lower() in (task.folder.lower(), task.name.lower()):
+            return task
+    raise KeyError(f"unknown task {name!r}; known: {', '.join(t.folder for t in SHARED_TASKS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers per layout; ``limit`` keeps a deterministic prefix (for --quick runs)
+# ---------------------------------------------------------------------------------------------
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` evenly spaced items (all of them when ``limit`` is None): a deterministic sample
+    that keeps every part of label-sorted files."""
+    if limit is None or len(items) <= limit:
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def _rows(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict]:
+    rows = list(read_jsonl(path, required=required))
+    if not rows:
+        raise DataFormatError(f"{path}: no rows")
+    return spread(rows, limit)
+
+
+def load_pairs(folder: Path, label_key: str, limit: int | None = None) -> dict[str, list]:
+    """STS (``score``) or pair-classification (``label``) pairs from ``test.jsonl``."""
+    rows = _rows(folder / "test.jsonl", ("sentence1", "sentence2", label_key), limit)
+    for lineno, row in enumerate(rows, 1):
+        if not isinstance(row[label_key], (int, float)):
+            raise DataFormatError(f"{folder / 'test.jsonl'}:{lineno}: {label_key} must be a number, got {row[label_key]!r}")
+    return {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", label_key)}
+
+
+def load_classification(folder: Path, limit: int | None = None) -> dict[str, dict[str, list]]:
+    """``train`` and ``test`` splits of ``{"text", "label"}`` rows (labels kept as given; ``limit`` caps test, 5x that train)."""
+    out = {}
+    for split in ("train", "test"):
+        rows = _rows(folder / f"{split}.jsonl", ("text", "label"), limit if split == "test" else (limit and 5 * limit))
+        out[split] = {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}
+    return out
+
+
+def load_clustering(folder: Path, limit: int | None = None) -> dict[str, list]:
+    """Clustering sets: each row ``{"sentences": [...], "labels": [...]}`` (``limit`` cuts each set)."""
+    rows = _rows(folder / "test.jsonl", ("sentences", "labels"))
+    for lineno, row in enumerate(rows, 1):
+        if len(row["sentences"]) != len(row["labels"]):
+            raise DataFormatError(f"{folder / 'test.jsonl'}:{lineno}: {len(row['sentences'])} sentences but {len(row['labels'])} labels")
+    return {
+        "sentences": [spread(r["sentences"], limit) for r in rows],
+        "labels": [[str(x) for x in spread(r["labels"], limit)] for r in rows],
+    }
+
+
+def load_reranking(folder: Path, limit: int | None = None) -> RetrievalData:
+    """Reranking rows ``{"query", "positive": [...], "negative": [...]}`` as a retrieval task over each query's candidates."""
+    rows = _rows(folder / "test.jsonl", ("query", "positive", "negative"), limit)
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for i, row in enumerate(rows):
+        qid = f"q{i}"
+        queries[qid] = row["query"]
+        qrels[qid] = {}
+        for label, key in ((1, "positive"), (0, "negative")):
+            for j, text in enumerate(row[key]):
+                doc = f"{qid}-{key[0]}{j}"
+                corpus[doc] = {"title": "", "text": text}
+                qrels[qid][doc] = label
+    return RetrievalData(folder.name, corpus, queries, qrels)
+
+
+def limit_retrieval(data: RetrievalData, n_queries: int, n_docs: int) -> RetrievalData:
+    """A deterministic small version: the first ``n_queries`` queries, their judged docs and the first ``n_docs`` others."""
+    qids = list(data.queries)[:n_queries]
+    keep = {d for q in qids for d in data.qrels[q]} | set(list(data.corpus)[:n_docs])
+    return RetrievalData(
+        data.name,
+        {d: v for d, v in data.corpus.items() if d in keep},
+        {q: data.queries[q] for q in qids},
+        {q: {d: s for d, s in data.qrels[q].items() if d in keep} for q in qids},
+    )

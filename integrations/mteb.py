@@ -100,6 +100,12 @@ class LGAnnaMTEBModel(AbsEncoder):
         task = task_for(task_metadata)
         symmetric = task.task_type in SYMMETRIC_TASK_TYPES
         if not self.use_instructions or (prompt_type == PromptType.document and not symmetric):
-            return self.encoder.encode_documents(texts, **options)
+            return self._embed(texts, None, None, options)
         examples: Iterable[Sequence[str]] | None = self.examples.get(task_metadata.name.lower())
+        return self._embed(texts, task, examples, options)
+
+    def _embed(self, texts: list[str], task: Task | None, examples: Any, options: dict[str, Any]) -> np.ndarray:
+        """Documents (``task=None``: plain text) or queries rendered with ``task`` and ``examples``."""
+        if task is None:
+            return self.encoder.encode_documents(texts, **options)
         return self.encoder.encode_queries(texts, task=task, examples=examples, **options)
