@@ -1,0 +1,68 @@
+"""Mining rules and losses on hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from lganna_rag.training.losses import distill_loss, group_scores, info_nce, soft_label_kl, teacher_distribution
+from lganna_rag.training.mining import keep_mask, mine_negatives
+
+
+def test_adaptive_margin_scales_with_the_positive():
+    # positive 0.80 -> limit 0.76; positive 0.40 -> limit 0.38
+    assert keep_mask(0.80, [0.79, 0.76, 0.75, 0.10], "adaptive", perc=0.95) == [False, False, True, True]
+    assert keep_mask(0.40, [0.39, 0.37], "adaptive", perc=0.95) == [False, True]
+
+
+def test_margin_fixed_and_none_modes():
+    assert keep_mask(0.80, [0.76, 0.74], "margin", margin=0.05) == [False, True]
+    assert keep_mask(0.80, [0.71, 0.69], "fixed", threshold=0.7) == [False, True]
+    assert keep_mask(0.80, [0.99, 0.1], "none") == [True, True]
+    with pytest.raises(ValueError, match="unknown mining mode"):
+        keep_mask(0.8, [0.1], "random")
+
+
+def test_mine_negatives_drops_positives_and_ambiguous_then_takes_hardest():
+    cands = ["pos", "other_pos", "a", "b", "c", "d"]
+    scores = [0.90, 0.88, 0.89, 0.80, 0.50, 0.85]
+    # limit 0.855: a (0.89) is ambiguous (a likely false negative); d 0.85, b 0.80, c 0.50 survive
+    assert mine_negatives(cands, scores, {"pos", "other_pos"}, 0.90, k=2) == ["d", "b"]
+    assert mine_negatives(cands, scores, {"pos", "other_pos"}, 0.90, k=2, mode="none") == ["a", "d"]
+    with pytest.raises(ValueError, match="6 candidates but 5 scores"):
+        mine_negatives(cands, scores[:5], set(), 0.9, k=1)
+
+
+def test_info_nce_hand_computed():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    docs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # q0: pos, neg; q1: pos, neg
+    tau = 0.5
+    # q0 logits: [2, 0, 0, 2]; target 0 -> loss = -log(e^2 / (2e^2 + 2))
+    l0 = -math.log(math.exp(2) / (2 * math.exp(2) + 2))
+    # q1 logits: [0, 2, 2, 0]; target 2 -> same value
+    assert info_nce(q, docs, group_size=2, temperature=tau).item() == pytest.approx(l0, rel=1e-6)
+    with pytest.raises(ValueError, match="expected 4 docs"):
+        info_nce(q, docs[:3], group_size=2)
+
+
+def test_group_scores_and_kl_hand_computed():
+    q = torch.tensor([[1.0, 0.0]])
+    docs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scores = group_scores(q, docs, 2)
+    assert scores.tolist() == [[1.0, 0.0]]
+    teacher = torch.tensor([[0.5, 0.5]])
+    # student probs with tau=1: softmax([1, 0]) = [e/(e+1), 1/(e+1)]
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    expected = sum(t * math.log(t / s) for t, s in zip([0.5, 0.5], p))
+    assert soft_label_kl(scores, teacher, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert soft_label_kl(torch.tensor([[0.3, 0.1]]), teacher_distribution(torch.tensor([[0.3, 0.1]]), 1.0), 1.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_teacher_distribution_and_distill_loss():
+    probs = teacher_distribution(torch.tensor([[2.0, 1.0, 0.0]]), temperature=1.0)
+    e = [math.exp(2), math.exp(1), 1.0]
+    assert probs[0].tolist() == pytest.approx([x / sum(e) for x in e], rel=1e-6)
+    v = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    assert distill_loss(v, v * 2).item() == pytest.approx(0.0, abs=1e-7)  # scale-invariant
+    # orthogonal unit vectors: 1 - cos = 1; MSE = mean((1,0)-(0,1))^2 = 1; sim matrices: [[1,0],[0,1]] vs same -> 0
+    assert distill_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), sim_weight=0).item() == pytest.approx(2.0)

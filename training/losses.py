@@ -1,0 +1,53 @@
+"""Training losses: InfoNCE over positives + mined + in-batch negatives, soft-label KL, embedding distillation.
+
+All take L2-normalised embeddings (or raw scores where stated) and return a scalar tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, temperature: float = 0.05) -> torch.Tensor:
+    """Contrastive loss with in-batch negatives.
+
+    ``queries``: (B, D). ``docs``: (B * group_size, D), where rows ``i*group_size`` .. ``(i+1)*group_size - 1``
+    are query i's positive followed by its mined negatives. Every other document in the batch is a
+    negative for query i as well. Returns mean cross-entropy of picking the positive.
+    """
+    if docs.shape[0] != queries.shape[0] * group_size:
+        raise ValueError(f"expected {queries.shape[0] * group_size} docs for {queries.shape[0]} queries x {group_size}, got {docs.shape[0]}")
+    logits = queries @ docs.T / temperature
+    target = torch.arange(queries.shape[0], device=queries.device) * group_size
+    return F.cross_entropy(logits, target)
+
+
+def group_scores(queries: torch.Tensor, docs: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B, group_size) similarities of each query with its own candidate group (positive first)."""
+    grouped = docs.view(queries.shape[0], group_size, -1)
+    return torch.einsum("bd,bgd->bg", queries, grouped)
+
+
+def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """KL(teacher || student) over each query's candidates; student probabilities are softmax(scores / temperature).
+
+    ``student_scores``: (B, C) similarities; ``teacher_probs``: (B, C) rows summing to 1.
+    """
+    log_student = F.log_softmax(student_scores / temperature, dim=-1)
+    return F.kl_div(log_student, teacher_probs, reduction="batchmean")
+
+
+def teacher_distribution(scores: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Teacher soft labels: a temperature softmax over each row of teacher scores."""
+    return torch.softmax(scores / temperature, dim=-1)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, sim_weight: float = 1.0) -> torch.Tensor:
+    """Embedding distillation: (1 - cosine) + MSE between unit vectors, plus in-batch similarity matching."""
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher, dim=-1)
+    loss = (1 - (s * t).sum(-1)).mean() + F.mse_loss(s, t)
+    if sim_weight:
+        loss = loss + sim_weight * F.mse_loss(s @ s.T, t @ t.T)
+    return loss
