@@ -1,8 +1,9 @@
 """lganna-rag: instruction-aware decoder embeddings (LG-ANNA method) for retrieval and RAG.
 
 ``LGAnnaEncoder`` embeds queries (instruction + few-shot examples) and documents;
-``LGAnnaEmbeddings`` is its LangChain ``Embeddings`` adapter (imported lazily, so the core never
-imports LangChain unless you ask for it).
+``Index`` chunks, embeds and stores documents in Qdrant and searches them (dense, BM25 or hybrid);
+``LGAnnaEmbeddings`` is the LangChain ``Embeddings`` adapter. Everything is imported lazily, so the
+core never imports LangChain (or torch, or Qdrant) unless you ask for it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["LGAnnaEncoder", "LGAnnaEmbeddings", "Task", "get_task", "render_query", "ModelConfig", "__version__"]
+__all__ = ["LGAnnaEncoder", "LGAnnaEmbeddings", "Index", "Task", "get_task", "render_query", "ModelConfig", "__version__"]
 
 _LAZY = {
     "LGAnnaEncoder": ("lganna_rag.encoder", "LGAnnaEncoder"),
     "LGAnnaEmbeddings": ("lganna_rag.integrations.langchain", "LGAnnaEmbeddings"),
+    "Index": ("lganna_rag.index", "Index"),
     "Task": ("lganna_rag.prompts", "Task"),
     "get_task": ("lganna_rag.prompts", "get_task"),
     "render_query": ("lganna_rag.prompts", "render_query"),
@@ -24,6 +26,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import LGAnnaEncoder
+    from .index import Index
     from .integrations.langchain import LGAnnaEmbeddings
     from .models import ModelConfig
     from .prompts import Task, get_task, render_query

@@ -1,0 +1,681 @@
+"""A Qdrant index of document chunks: incremental, crash-safe indexing and dense / BM25 / hybrid search.
+
+``Index`` is the one interface; it stores points in one of two backends:
+
+- ``EdgeBackend``: the Qdrant engine in-process (``qdrant-edge-py``), under ``./.lganna/<collection>/``
+  (the default; no server);
+- ``ClientBackend``: a Qdrant server or cluster through ``qdrant-client`` (``url=``/``api_key=``, or a
+  ready ``client=``, e.g. ``QdrantClient(path=...)`` local mode).
+
+The backends live in :mod:`lganna_rag.stores`. Every point is one chunk: a dense vector from
+:class:`~lganna_rag.encoder.LGAnnaEncoder`, a BM25-style sparse vector (term weights from Qdrant's own
+BM25 tokenizer; Qdrant applies IDF at query time) and a payload (``text``, ``source``, ``root``, ``chunk``, ``n_chunks``, ``start``, ``end``, ``file_hash``).
+A collection records the model (name, dimension, pooling, prompt template and version), the BM25
+settings and the chunking settings; opening it with another model is a :class:`ModelMismatchError`.
+
+Crash safety: the store itself is the only state. A file is *complete* when its points are exactly
+chunks ``0..n-1`` of its current hash; anything else (a run killed while writing or replacing it) is
+repaired by the next run, which writes only the missing chunks and then deletes stale ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .ingest import ID_NAMESPACE, Chunker, FileRef, LoadedFile, Skip, chunk_id, content_hash, discover, load_file
+from .stores import DEFAULT_PATH, ClientBackend, EdgeBackend, IndexStoreError, Where
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoder import LGAnnaEncoder
+    from .prompts import Task
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_COLLECTION = "default"
+DEFAULT_CHUNK_SIZE = 256
+DEFAULT_OVERLAP = 32
+#: Chunks encoded and written per step (Ctrl-C stops after the current step).
+WRITE_BATCH = 256
+#: How many candidates each side contributes to a hybrid (RRF) search, at least.
+MIN_PREFETCH = 100
+MODES = ("dense", "sparse", "hybrid")
+_MODEL_KEYS = ("name", "dimension", "pooling", "normalize", "prompt_template", "prompt_version")
+_STATE_FIELDS = ["root", "source", "file_hash", "chunk", "n_chunks", "start", "end"]
+
+
+class ModelMismatchError(IndexStoreError):
+    """The collection was built with another model (or prompt format) than the one given."""
+
+
+class CollectionNotFoundError(IndexStoreError):
+    """The collection does not exist yet."""
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class Hit:
+    """One search result: a chunk, its score and where it comes from."""
+
+    id: str
+    score: float
+    text: str
+    source: str | None
+    chunk: int | None
+    start: int | None
+    end: int | None
+    payload: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (payload fields other than the text included)."""
+        extra = {k: v for k, v in self.payload.items() if k not in ("text", "source", "chunk", "start", "end")}
+        return {"id": self.id, "score": self.score, "source": self.source, "chunk": self.chunk,
+                "start": self.start, "end": self.end, "text": self.text, **extra}
+
+
+@dataclass
+class IndexReport:
+    """What an ``add_files`` run did."""
+
+    indexed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    failed: list[Skip] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    chunks_deleted: int = 0
+    pruned: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def chunks_per_second(self) -> float:
+        """Chunks written per second of the whole run."""
+        return self.chunks_written / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary."""
+        return {
+            "files_indexed": len(self.indexed), "files_unchanged": len(self.unchanged),
+            "files_skipped": len(self.skipped), "files_failed": len(self.failed), "files_pruned": len(self.pruned),
+            "chunks_written": self.chunks_written, "chunks_reused": self.chunks_reused,
+            "chunks_deleted": self.chunks_deleted, "seconds": round(self.seconds, 3),
+            "chunks_per_second": round(self.chunks_per_second, 2), "interrupted": self.interrupted,
+            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+            "failed": [{"source": s.source, "reason": s.reason} for s in self.failed],
+            "warnings": [{"source": s, "warning": w} for s, w in self.warnings],
+            "indexed": self.indexed, "pruned": self.pruned,
+        }
+
+
+@dataclass
+class IndexProgress:
+    """Progress of an ``add_files`` run, passed to the ``progress`` callback after each step."""
+
+    files_total: int = 0
+    files_done: int = 0
+    chunks_written: int = 0
+    chunks_pending: int = 0
+    current: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    event: str = "start"
+
+    @property
+    def chunks_per_second(self) -> float:
+        """Chunks written per second so far."""
+        elapsed = time.perf_counter() - self.started
+        return self.chunks_written / elapsed if elapsed > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------ BM25
+class SparseEncoder:
+    """BM25-style sparse vectors with Qdrant's tokenizer (English stemming and stopwords).
+
+    Documents get saturated, length-normalised term frequencies (``k``, ``b``, ``avg_len``); queries get
+    weight 1 per term; the collection's IDF modifier supplies the inverse document frequency.
+    """
+
+    def __init__(self, avg_len: float = 256.0, k: float = 1.2, b: float = 0.75, language: str = "english") -> None:
+        """Create the model; ``avg_len`` is the expected chunk length in BM25 tokens."""
+        import qdrant_edge as qe
+
+        self.settings = {"avg_len": float(avg_len), "k": float(k), "b": float(b), "language": language}
+        self._bm25 = qe.Bm25(qe.Bm25Config(k=k, b=b, avg_len=avg_len, language=language))
+
+    @staticmethod
+    def estimate_avg_len(texts: Sequence[str], language: str = "english", default: float = 256.0) -> float:
+        """Mean length in BM25 tokens of ``texts`` (``default`` when fewer than 16 texts are given)."""
+        import qdrant_edge as qe
+
+        if len(texts) < 16:
+            return default
+        counter = qe.Bm25(qe.Bm25Config(k=1e6, b=0.0, language=language))  # weights ~= raw term counts
+        lengths = [sum(counter.embed_document(t).values) for t in texts]
+        return max(1.0, round(float(np.mean(lengths)), 1))
+
+    def documents(self, texts: Iterable[str]) -> list[tuple[list[int], list[float]]]:
+        """Sparse vectors ``(indices, values)`` of documents."""
+        out = []
+        for t in texts:
+            v = self._bm25.embed_document(t)
+            out.append((v.indices, v.values))
+        return out
+
+    def query(self, text: str) -> tuple[list[int], list[float]]:
+        """Sparse vector of a query (may be empty when it has only stopwords)."""
+        v = self._bm25.embed_query(text)
+        return v.indices, v.values
+
+
+# ------------------------------------------------------------------------------------------ Index
+def model_metadata(encoder: "LGAnnaEncoder") -> dict[str, Any]:
+    """What a collection records about the model that made its vectors."""
+    c = encoder.config
+    return {"name": encoder.name, "dimension": encoder.dimension, "pooling": c.pooling, "normalize": c.normalize,
+            "prompt_template": c.prompt_template, "prompt_version": c.prompt_version}
+
+
+def _describe_model(m: dict[str, Any]) -> str:
+    return (f"{m.get('dimension')}-d vectors from model {m.get('name')!r} (pooling {m.get('pooling')}, prompt template "
+            f"{m.get('prompt_template') or 'none'} v{m.get('prompt_version')})")
+
+
+class Index:
+    """A searchable collection of document chunks in Qdrant.
+
+    Example:
+        >>> from lganna_rag import Index
+        >>> index = Index("./.lganna", collection="docs")          # local store; or url="http://..."
+        >>> report = index.add_files(["./docs"])                    # incremental: re-runs skip unchanged files
+        >>> hits = index.search("how do I rotate the API key?", k=5, mode="hybrid")
+
+    ``model`` is a registered name, directory or hub id (``None``: the model the collection was built with,
+    else the default model); ``encoder`` reuses a loaded :class:`LGAnnaEncoder`. ``url``/``api_key`` (or
+    ``client``) select a Qdrant server instead of the local store at ``path``. ``recreate=True`` deletes
+    the collection first.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        model: str | os.PathLike | None = None,
+        encoder: "LGAnnaEncoder | None" = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        client: Any = None,
+        timeout: float = 10.0,
+        batch_size: int = 32,
+        recreate: bool = False,
+    ) -> None:
+        """Open (lazily create) a collection; raises :class:`IndexStoreError` for an unusable store."""
+        if url or client is not None:
+            if path is not None:
+                raise ValueError("give either path= (local store) or url=/client= (Qdrant server), not both")
+            self.backend: EdgeBackend | ClientBackend = ClientBackend(collection, url=url, api_key=api_key,
+                                                                      timeout=timeout, client=client)
+        else:
+            self.backend = EdgeBackend(path if path is not None else DEFAULT_PATH, collection)
+        self.collection = collection
+        self.batch_size = batch_size
+        self._model = str(model) if model is not None else None
+        self._encoder = encoder
+        self._sparse: SparseEncoder | None = None
+        if recreate:
+            self.backend.drop()
+        self._meta = self.backend.metadata()
+        if self._meta is not None and encoder is not None:
+            self._check_model(model_metadata(encoder))
+
+    # -------------------------------------------------------------- model
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The collection metadata (model, BM25 and chunking settings), ``None`` before the first write."""
+        return self._meta
+
+    @property
+    def exists(self) -> bool:
+        """Whether the collection has been created."""
+        return self._meta is not None
+
+    @property
+    def encoder(self) -> "LGAnnaEncoder":
+        """The encoder: as given, else the collection's model, else the default model (loaded on first use)."""
+        if self._encoder is None:
+            from .encoder import LGAnnaEncoder
+
+            name = self._model or (self._meta["model"]["name"] if self._meta else None)
+            encoder = LGAnnaEncoder.from_pretrained(name)
+            if self._meta is not None:
+                self._check_model(model_metadata(encoder))
+            self._encoder = encoder
+        return self._encoder
+
+    def _check_model(self, mine: dict[str, Any]) -> None:
+        theirs = self._meta["model"] if self._meta else None
+        if theirs is None:
+            return
+        if any(theirs.get(k) != mine.get(k) for k in _MODEL_KEYS):
+            raise ModelMismatchError(
+                f"collection {self.collection!r} in {self.backend.describe()} holds {_describe_model(theirs)}; "
+                f"the model given makes {_describe_model(mine)}. Use --model {theirs.get('name')} (Index(model=...)) "
+                f"with this collection, pick another collection (--collection NEW), or rebuild it with --recreate."
+            )
+
+    def _require(self) -> dict[str, Any]:
+        if self._meta is None:
+            raise CollectionNotFoundError(
+                f"collection {self.collection!r} does not exist in {self.backend.describe()}; "
+                f"index something first: lganna-rag index PATH --collection {self.collection}"
+            )
+        return self._meta
+
+    @property
+    def sparse(self) -> SparseEncoder:
+        """The BM25 sparse encoder with this collection's settings."""
+        if self._sparse is None:
+            settings = self._require()["bm25"]
+            self._sparse = SparseEncoder(settings["avg_len"], settings["k"], settings["b"], settings["language"])
+        return self._sparse
+
+    def _ensure_collection(self, sample_texts: Sequence[str], chunking: dict[str, int] | None) -> None:
+        if self._meta is not None:
+            if chunking is not None and self._meta.get("chunking") is None:
+                self._meta = {**self._meta, "chunking": chunking}
+                self.backend.update_metadata(self._meta)
+            return
+        from . import __version__
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model": model_metadata(self.encoder),
+            "bm25": {"avg_len": SparseEncoder.estimate_avg_len(sample_texts), "k": 1.2, "b": 0.75, "language": "english"},
+            "chunking": chunking,
+            "created_by": f"lganna-rag {__version__}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.backend.create(meta)
+        self._meta = meta
+
+    # -------------------------------------------------------------- writing
+    def _write(self, ids: Sequence[str], texts: Sequence[str], payloads: Sequence[dict[str, Any]]) -> float:
+        """Encode and upsert one batch; returns the seconds spent in the dense encoder."""
+        t0 = time.perf_counter()
+        dense = self.encoder.encode_documents(list(texts), batch_size=self.batch_size, show_progress_bar=False)
+        seconds = time.perf_counter() - t0
+        sparse = self.sparse.documents(texts)
+        self.backend.upsert(list(zip(ids, dense, sparse, payloads)))
+        return seconds
+
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        ids: Sequence[str | int] | None = None,
+    ) -> list[str]:
+        """Embed and store ``texts`` as they are (no chunking); returns their point ids.
+
+        ``metadatas`` become payload fields. ``ids`` that are not UUIDs are mapped to UUIDv5 and kept
+        in the payload as ``doc_id``; without ids, a text's id is derived from its content and metadata,
+        so adding the same text twice stores it once.
+        """
+        from .encoder import check_texts
+
+        texts = check_texts(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"got {len(ids)} ids for {len(texts)} texts")
+        if not texts:
+            return []
+        payloads, point_ids = [], []
+        for i, text in enumerate(texts):
+            meta = dict(metadatas[i]) if metadatas is not None else {}
+            payload = {**meta, "text": text}
+            if ids is not None:
+                pid = _point_id(ids[i])
+                if pid != str(ids[i]):
+                    payload["doc_id"] = ids[i]
+            else:
+                key = json.dumps(meta, sort_keys=True, default=str)
+                pid = str(uuid.uuid5(ID_NAMESPACE, f"text\x00{content_hash(text)}\x00{key}"))
+            payloads.append(payload)
+            point_ids.append(pid)
+        self._ensure_collection(texts[:WRITE_BATCH], None)
+        for start in range(0, len(texts), WRITE_BATCH):
+            end = start + WRITE_BATCH
+            self._write(point_ids[start:end], texts[start:end], payloads[start:end])
+        self.backend.flush()
+        return point_ids
+
+    def _chunker(self, chunk_size: int | None, overlap: int | None) -> Chunker:
+        enc = self.encoder
+        saved = (self._meta or {}).get("chunking") or {}
+        specials = len(enc.tokenize([""])[0][0])
+        limit = enc.config.max_length - specials - 2
+        for name, given in (("chunk size", chunk_size), ("overlap", overlap)):
+            key = "size" if name == "chunk size" else "overlap"
+            if given is not None and key in saved and saved[key] != given:
+                raise IndexStoreError(
+                    f"collection {self.collection!r} was built with {name} {saved[key]}; pass the same value "
+                    f"(or leave it out), or rebuild the collection with --recreate"
+                )
+        size = chunk_size if chunk_size is not None else saved.get("size", min(DEFAULT_CHUNK_SIZE, limit))
+        if size > limit:
+            raise ValueError(
+                f"chunk size {size} is more than model {enc.name!r} can embed ({enc.config.max_length} tokens "
+                f"including {specials} special); use a chunk size of at most {limit}"
+            )
+        ov = overlap if overlap is not None else saved.get("overlap", min(DEFAULT_OVERLAP, size // 4))
+        return Chunker(enc.tokenizer, size, ov)
+
+    def _file_state(self, roots: Iterable[Path]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Existing points of the given roots: ``{(root, source): {id: payload fields}}``."""
+        state: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        roots = sorted({str(r) for r in roots})
+        if self._meta is None or not roots:
+            return state
+        for pid, p in self.backend.scroll(_STATE_FIELDS, {"root": roots}):
+            state.setdefault((p.get("root"), p.get("source")), {})[pid] = p
+        return state
+
+    def add_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        chunk_size: int | None = None,
+        overlap: int | None = None,
+        max_file_mb: float = 20.0,
+        prune: bool = True,
+        progress: Callable[[IndexProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> IndexReport:
+        """Index folders, files and glob patterns incrementally; see the module docstring for guarantees.
+
+        Unchanged files (same SHA-256, complete chunk set) are skipped; changed files get their new chunks
+        written, then their stale chunks deleted; with ``prune``, chunks of files that left a folder (or
+        became empty, binary or too large) are deleted. Files that fail to read keep their old chunks.
+        ``should_stop`` is polled after every step; when it returns True the run stops cleanly
+        (``report.interrupted``), and the next run resumes. Raises ``FileNotFoundError`` for a path
+        that does not exist.
+        """
+        t_start = time.perf_counter()
+        report = IndexReport()
+        found = discover(paths, include, exclude)
+        chunker = self._chunker(chunk_size, overlap)
+        chunking = {"size": chunker.size, "overlap": chunker.overlap}
+        if self._meta is not None and self._meta.get("chunking") is None:
+            self._ensure_collection([], chunking)
+        state = self._file_state([f.root for f in found.files] + found.folder_roots +
+                                 [s.root for s in found.skipped if s.root is not None])
+        prog = IndexProgress(files_total=len(found.files))
+        for s in found.skipped:
+            (report.failed if s.failed else report.skipped).append(s)
+
+        # chunks waiting to be written, and per file what remains to do once they are
+        batch: list[tuple[str, str, dict[str, Any], tuple[str, str]]] = []
+        pending: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def finish(key: tuple[str, str]) -> None:
+            job = pending.pop(key)
+            for pid, fields in job["repayload"]:
+                self.backend.set_payload(pid, fields)
+            if job["stale"]:
+                self.backend.delete(ids=job["stale"])
+                report.chunks_deleted += len(job["stale"])
+            report.indexed.append(job["source"])
+
+        def write_batch(final: bool = False) -> None:
+            """Write queued chunks in steps of WRITE_BATCH (all of them if ``final``), polling ``should_stop``."""
+            nonlocal batch
+            while len(batch) >= WRITE_BATCH or (final and batch):
+                step, batch = batch[:WRITE_BATCH], batch[WRITE_BATCH:]
+                self._ensure_collection([b[1] for b in step], chunking)
+                report.encode_seconds += self._write([b[0] for b in step], [b[1] for b in step], [b[2] for b in step])
+                report.chunks_written += len(step)
+                for *_, key in step:
+                    pending[key]["remaining"] -= 1
+                for key in [k for k, job in pending.items() if job["remaining"] == 0]:
+                    finish(key)
+                prog.chunks_written, prog.chunks_pending, prog.event = report.chunks_written, len(batch), "batch"
+                if progress:
+                    progress(prog)
+                if should_stop is not None and should_stop():
+                    report.interrupted = True
+                    return
+
+        seen: set[tuple[str, str]] = set()
+        for ref in found.files:
+            key = (str(ref.root), ref.source)
+            seen.add(key)
+            prog.current = ref.source
+            loaded = load_file(ref, max_file_mb)
+            existing = state.get(key, {})
+            if isinstance(loaded, Skip):
+                (report.failed if loaded.failed else report.skipped).append(loaded)
+            else:
+                report.warnings.extend((ref.source, w) for w in loaded.warnings)
+                if _is_complete(existing, loaded.file_hash):
+                    report.unchanged.append(ref.source)
+                else:
+                    self._plan_file(ref, loaded, existing, chunker, batch, pending, report)
+                    if pending[key]["remaining"] == 0:
+                        finish(key)
+            prog.files_done += 1
+            prog.event = "file"
+            if progress:
+                progress(prog)
+            write_batch()
+            if report.interrupted or (should_stop is not None and should_stop()):
+                report.interrupted = True
+                break
+        if not report.interrupted:
+            write_batch(final=True)
+        # Deletions (skipped when interrupted: the next run does them). Files skipped by policy (now empty,
+        # binary, too large, ...) lose their chunks; with prune, so do files that left an indexed folder.
+        # Files that failed to read keep theirs.
+        if not report.interrupted:
+            gone = {(str(s.root), s.source) for s in report.skipped if s.root is not None}
+            if prune:
+                folder_roots = {str(r) for r in found.folder_roots}
+                failed = {(str(s.root), s.source) for s in report.failed if s.root is not None}
+                gone |= {k for k in state if k[0] in folder_roots and k not in seen and k not in failed}
+            for key in sorted(gone):
+                if key in state:
+                    self.backend.delete(where={"root": key[0], "source": key[1]})
+                    report.chunks_deleted += len(state[key])
+                    report.pruned.append(key[1])
+        self.backend.flush()
+        if report.chunks_written or report.chunks_deleted:
+            self.backend.optimize()
+        report.seconds = time.perf_counter() - t_start
+        prog.event = "done"
+        if progress:
+            progress(prog)
+        return report
+
+    def _plan_file(self, ref: FileRef, loaded: LoadedFile, existing: dict[str, dict[str, Any]], chunker: Chunker,
+                   batch: list, pending: dict, report: IndexReport) -> None:
+        """Queue the chunks of a new or changed file that are not in the store yet."""
+        key = (str(ref.root), ref.source)
+        chunks = chunker.split(loaded.text)
+        path = f"{ref.root.as_posix()}/{ref.source}"
+        job: dict[str, Any] = {"source": ref.source, "remaining": 0, "repayload": [], "stale": []}
+        new_ids = set()
+        for c in chunks:
+            pid = chunk_id(path, c.index, c.text)
+            new_ids.add(pid)
+            fields = {"root": str(ref.root), "source": ref.source, "chunk": c.index, "n_chunks": len(chunks),
+                      "start": c.start, "end": c.end, "file_hash": loaded.file_hash}
+            old = existing.get(pid)
+            if old is None:
+                batch.append((pid, c.text, {**fields, "text": c.text}, key))
+                job["remaining"] += 1
+            else:
+                report.chunks_reused += 1
+                if any(old.get(f) != v for f, v in fields.items()):
+                    job["repayload"].append((pid, fields))
+        job["stale"] = [pid for pid in existing if pid not in new_ids]
+        pending[key] = job
+
+    # -------------------------------------------------------------- reading
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        task: "Task | str | None" = None,
+        examples: Iterable[Sequence[str]] | None = None,
+        where: Where | None = None,
+        mode: str = "dense",
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``query``.
+
+        ``mode`` is ``dense`` (the embedding model; the query gets ``task``'s instruction and ``examples``),
+        ``sparse`` (BM25) or ``hybrid`` (both, fused with reciprocal rank fusion). ``where`` filters on
+        payload fields: ``{"source": "guide/intro.md"}`` or a list of accepted values.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be a non-empty string")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self._require()
+        vector = self.encoder.encode_queries([query], task=task, examples=examples)[0] if mode != "sparse" else None
+        return self.search_by_vector(vector, k, where=where, text=query if mode != "dense" else None)
+
+    def search_by_vector(self, vector: np.ndarray | Sequence[float] | None, k: int = 5, *,
+                         where: Where | None = None, text: str | None = None) -> list[Hit]:
+        """Search with a ready query vector (dense), ``text`` (BM25), or both (hybrid, RRF)."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        meta = self._require()
+        if vector is not None:
+            vector = np.asarray(vector, dtype=np.float32)
+            if vector.shape != (meta["model"]["dimension"],):
+                raise ValueError(f"query vector has shape {vector.shape}; this collection holds "
+                                 f"{meta['model']['dimension']}-d vectors")
+        sparse = self.sparse.query(text) if text is not None else None
+        if sparse is not None and not sparse[0]:  # only stopwords: nothing for BM25 to match
+            if vector is None:
+                return []
+            sparse = None
+        if vector is None and sparse is None:
+            raise ValueError("give a query vector, a query text, or both")
+        raw = self.backend.search(vector, sparse, k, where, max(MIN_PREFETCH, 2 * k))
+        return [Hit(pid, score, p.get("text", ""), p.get("source"), p.get("chunk"), p.get("start"), p.get("end"), p)
+                for pid, score, p in raw]
+
+    def count(self, where: Where | None = None) -> int:
+        """Number of chunks (optionally those matching ``where``); 0 if the collection does not exist."""
+        return self.backend.count(where) if self._meta is not None else 0
+
+    def files(self) -> dict[str, int]:
+        """Chunk count per indexed file (``root/source``); texts added without a source are not listed."""
+        out: dict[str, int] = {}
+        if self._meta is None:
+            return out
+        for _, p in self.backend.scroll(["root", "source"]):
+            if p.get("source") is None:
+                continue
+            name = f"{p['root']}/{p['source']}" if p.get("root") else str(p["source"])
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def delete(self, ids: Sequence[str | int] | None = None, *, where: Where | None = None,
+               paths: Sequence[str | os.PathLike] | None = None) -> int:
+        """Delete chunks by point id, by payload filter, or of files/folders at ``paths``; returns how many."""
+        if sum(x is not None for x in (ids, where, paths)) != 1:
+            raise ValueError("give exactly one of ids, where or paths")
+        if self._meta is None:
+            return 0
+        before = self.backend.count()
+        if ids is not None:
+            self.backend.delete(ids=[_point_id(i) for i in ids])
+        elif where is not None:
+            if not where:
+                raise ValueError("where={} would delete everything; use drop() to delete the collection")
+            self.backend.delete(where=where)
+        else:
+            targets = [Path(p).expanduser().resolve() for p in paths or []]
+            doomed = [pid for pid, p in self.backend.scroll(["root", "source"]) if _under(p, targets)]
+            self.backend.delete(ids=doomed)
+        self.backend.flush()
+        return before - self.backend.count()
+
+    def drop(self) -> None:
+        """Delete the whole collection."""
+        self.backend.drop()
+        self._meta = None
+        self._sparse = None
+
+    def info(self) -> dict[str, Any]:
+        """Model, settings, chunk and file counts of this collection, and the store's other collections."""
+        files = self.files()
+        return {
+            "backend": self.backend.kind,
+            "store": str(self.backend.root) if isinstance(self.backend, EdgeBackend) else self.backend.url,
+            "collection": self.collection,
+            "exists": self._meta is not None,
+            "collections": self.backend.list_collections(),
+            "model": (self._meta or {}).get("model"),
+            "bm25": (self._meta or {}).get("bm25"),
+            "chunking": (self._meta or {}).get("chunking"),
+            "chunks": self.count(),
+            "files": len(files),
+            "disk_bytes": self.backend.disk_bytes() if self._meta is not None else 0,
+        }
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        self.backend.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Index({self.backend.describe()}, model={(self._meta or {}).get('model', {}).get('name', self._model)!r})"
+
+
+def _point_id(value: str | int) -> str:
+    """A Qdrant point id for a user id: UUIDs and non-negative ints as they are, anything else via UUIDv5."""
+    if isinstance(value, int) and value >= 0:
+        return str(uuid.UUID(int=value))
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(uuid.uuid5(ID_NAMESPACE, f"id\x00{value}"))
+
+
+def _under(payload: dict[str, Any], targets: Sequence[Path]) -> bool:
+    """Whether a point's file (``root/source``) is one of ``targets`` or inside one of them."""
+    if not payload.get("root") or payload.get("source") is None:
+        return False
+    path = Path(payload["root"]) / payload["source"]
+    return any(t == path or t in path.parents for t in targets)
+
+
+def _is_complete(existing: dict[str, dict[str, Any]], file_hash: str) -> bool:
+    """Whether a file's points are exactly chunks ``0..n-1`` of the version with ``file_hash``."""
+    if not existing:
+        return False
+    n = len(existing)
+    chunks = sorted(p.get("chunk", -1) for p in existing.values())
+    return (all(p.get("file_hash") == file_hash and p.get("n_chunks") == n for p in existing.values())
+            and chunks == list(range(n)))

@@ -1,0 +1,447 @@
+"""Qdrant storage behind :class:`lganna_rag.index.Index`: one small interface, two backends.
+
+- ``EdgeBackend``: the Qdrant engine in-process (``qdrant-edge-py``) in ``<path>/<collection>/``: the
+  shard in ``shard/`` and the collection metadata in ``collection.json`` (written atomically, first).
+- ``ClientBackend``: a Qdrant server or cluster through ``qdrant-client`` (or its local mode); the
+  metadata lives in the collection's own ``metadata``.
+
+Both store a dense vector (``dense``, cosine) and a sparse vector (``bm25``, IDF applied by Qdrant) per
+point, keyword payload indexes on ``source`` and ``root``, and search dense, sparse or both fused with
+reciprocal rank fusion. Both import their Qdrant package only when used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+DENSE = "dense"
+SPARSE = "bm25"
+DEFAULT_PATH = ".lganna"
+#: RRF constant (Cormack et al. 2009).
+RRF_K = 60
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class IndexStoreError(RuntimeError):
+    """The index store cannot be used as asked; the message says what to do."""
+
+
+
+Where = dict[str, Any]
+Point = tuple[str, np.ndarray, tuple[list[int], list[float]], dict[str, Any]]
+
+
+def _check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+        raise ValueError(f"invalid collection name {name!r}: use letters, digits, '_', '-', '.' (up to 128)")
+    return name
+
+
+class EdgeBackend:
+    """Points in an in-process Qdrant shard (``qdrant-edge-py``) at ``<path>/<collection>/shard``,
+    with the collection metadata in ``<path>/<collection>/collection.json``."""
+
+    kind = "edge"
+
+    def __init__(self, path: str | os.PathLike, collection: str) -> None:
+        """Point at a store folder; nothing is opened until first use."""
+        self.root = Path(path).expanduser().resolve()
+        self.collection = _check_collection_name(collection)
+        self.dir = self.root / collection
+        self._shard: Any = None
+
+    def describe(self) -> str:
+        """Where the points live, for messages."""
+        return f"{self.root} (collection {self.collection!r})"
+
+    @property
+    def meta_file(self) -> Path:
+        """The collection's metadata file."""
+        return self.dir / "collection.json"
+
+    def list_collections(self) -> list[str]:
+        """Names of the collections in this store folder."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "collection.json").is_file())
+
+    def metadata(self) -> dict[str, Any] | None:
+        """The collection's metadata, or ``None`` if it does not exist."""
+        if not self.meta_file.is_file():
+            if (self.dir / "shard").exists():
+                raise IndexStoreError(
+                    f"the store at {self.dir} is corrupted: it has a shard but no collection.json; "
+                    f"delete {self.dir} or rebuild it with --recreate"
+                )
+            return None
+        try:
+            meta = json.loads(self.meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or "model" not in meta:
+                raise ValueError("not a collection description")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IndexStoreError(
+                f"the store at {self.dir} is corrupted: {self.meta_file.name} is unreadable ({exc}); "
+                f"delete {self.dir} or rebuild it with --recreate"
+            ) from None
+        return meta
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_file.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.meta_file)
+
+    def create(self, meta: dict[str, Any]) -> None:
+        """Create the collection (metadata first, then the shard with its payload indexes)."""
+        self._write_meta(meta)
+        self._open(create_dim=int(meta["model"]["dimension"]))
+
+    def update_metadata(self, meta: dict[str, Any]) -> None:
+        """Replace the collection metadata (atomically)."""
+        self._write_meta(meta)
+
+    def _open(self, create_dim: int | None = None) -> Any:
+        if self._shard is not None:
+            return self._shard
+        import qdrant_edge as qe
+
+        shard_dir = self.dir / "shard"
+        try:
+            if create_dim is not None and not (shard_dir / "edge_config.json").exists():
+                config = qe.EdgeConfig(
+                    vectors={DENSE: qe.EdgeVectorParams(size=create_dim, distance=qe.Distance.Cosine)},
+                    sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+                )
+                if shard_dir.exists():  # left over from a run killed while creating it
+                    shutil.rmtree(shard_dir)
+                shard = qe.EdgeShard.create(str(shard_dir), config)
+                for key in ("source", "root"):
+                    shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
+                shard.flush()
+            else:
+                if not shard_dir.is_dir():
+                    raise IndexStoreError(
+                        f"the store at {self.dir} is corrupted: collection.json exists but the shard folder is "
+                        f"missing; rebuild it with --recreate"
+                    )
+                shard = qe.EdgeShard.load(str(shard_dir))
+        except IndexStoreError:
+            raise
+        except Exception as exc:  # the Rust engine raises plain Exception with a message
+            text = str(exc)
+            if "WouldBlock" in text or "lock" in text.lower():
+                raise IndexStoreError(
+                    f"the store {self.dir} is in use by another process (another `lganna-rag index` or search?); "
+                    f"wait for it to finish"
+                ) from None
+            raise IndexStoreError(
+                f"the store at {self.dir} is corrupted or unreadable ({text.splitlines()[0] if text else type(exc).__name__}); "
+                f"delete {self.dir} or rebuild it with --recreate"
+            ) from None
+        self._shard = shard
+        return shard
+
+    # -- filters
+    @staticmethod
+    def _filter(where: Where | None, not_ids: Iterable[str] | None = None) -> Any:
+        import qdrant_edge as qe
+
+        must = []
+        for key, value in (where or {}).items():
+            if isinstance(value, (list, tuple, set)):
+                must.append(qe.FieldCondition(key=key, match=qe.MatchAny(list(value))))
+            else:
+                must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value)))
+        must_not = [qe.HasIdCondition(set(not_ids))] if not_ids else None
+        if not must and not must_not:
+            return None
+        return qe.Filter(must=must or None, must_not=must_not)
+
+    # -- data
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Insert or replace points ``(id, dense, (indices, values), payload)``."""
+        import qdrant_edge as qe
+
+        batch = [qe.Point(pid, {DENSE: dense, SPARSE: qe.SparseVector(idx, val)}, payload)
+                 for pid, dense, (idx, val), payload in points]
+        self._open().update(qe.UpdateOperation.upsert_points(batch))
+
+    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        """Set (merge) payload fields of one point."""
+        import qdrant_edge as qe
+
+        self._open().update(qe.UpdateOperation.set_payload([point_id], payload))
+
+    def delete(self, ids: Sequence[str] | None = None, where: Where | None = None,
+               not_ids: Iterable[str] | None = None) -> None:
+        """Delete points by id, or those matching ``where`` except ``not_ids``."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        if ids is not None:
+            if ids:
+                shard.update(qe.UpdateOperation.delete_points(list(ids)))
+        else:
+            shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(where, not_ids)))
+
+    def scroll(self, fields: list[str] | bool, where: Where | None = None, batch: int = 2048) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(id, payload)`` of every point matching ``where`` (only ``fields`` of the payload)."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        flt = self._filter(where)
+        offset = None
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt,
+                                                            with_payload=fields, with_vector=False))
+            for r in records:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None:
+                return
+
+    def count(self, where: Where | None = None) -> int:
+        """Number of points matching ``where``."""
+        import qdrant_edge as qe
+
+        return int(self._open().count(qe.CountRequest(exact=True, filter=self._filter(where))))
+
+    def search(self, dense: np.ndarray | None, sparse: tuple[list[int], list[float]] | None, k: int,
+               where: Where | None, prefetch: int) -> list[tuple[str, float, dict[str, Any]]]:
+        """Top ``k`` points by dense, sparse, or (both given) RRF-fused ranking."""
+        import qdrant_edge as qe
+
+        flt = self._filter(where)
+        dense_q = qe.Query.Nearest(dense, using=DENSE) if dense is not None else None
+        sparse_q = qe.Query.Nearest(qe.SparseVector(*sparse), using=SPARSE) if sparse is not None else None
+        if dense_q is not None and sparse_q is not None:
+            request = qe.QueryRequest(
+                limit=k, query=qe.Fusion.Rrf(k=RRF_K), with_payload=True, filter=flt,
+                prefetches=[qe.Prefetch(limit=prefetch, query=dense_q, filter=flt),
+                            qe.Prefetch(limit=prefetch, query=sparse_q, filter=flt)],
+            )
+        else:
+            request = qe.QueryRequest(limit=k, query=dense_q or sparse_q, with_payload=True, filter=flt)
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in self._open().query(request)]
+
+    def flush(self) -> None:
+        """Make written points durable."""
+        if self._shard is not None:
+            self._shard.flush()
+
+    def optimize(self) -> None:
+        """Merge segments and build the HNSW and sparse indexes."""
+        if self._shard is not None:
+            self._shard.optimize()
+
+    def drop(self) -> None:
+        """Delete the collection and its files."""
+        self.close()
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def close(self) -> None:
+        """Flush and release the shard (and its lock)."""
+        if self._shard is not None:
+            try:
+                self._shard.flush()
+            finally:
+                self._shard.close()
+                self._shard = None
+
+    def disk_bytes(self) -> int:
+        """Bytes used on disk (allocated blocks; the write-ahead log is preallocated sparsely)."""
+        total = 0
+        for p in self.dir.rglob("*"):
+            if p.is_file():
+                total += p.stat().st_blocks * 512
+        return total
+
+
+class ClientBackend:
+    """Points in a Qdrant server or cluster (or ``qdrant-client`` local mode) through ``qdrant-client``."""
+
+    kind = "qdrant"
+
+    def __init__(self, collection: str, *, url: str | None = None, api_key: str | None = None,
+                 timeout: float = 10.0, client: Any = None) -> None:
+        """Connect to ``url`` (or use ``client``); fails fast with a clear error if Qdrant does not answer."""
+        self.collection = _check_collection_name(collection)
+        self.url = url
+        self.timeout = timeout
+        if client is None:
+            from qdrant_client import QdrantClient
+
+            if not url:
+                raise ValueError("ClientBackend needs url= or client=")
+            client = QdrantClient(url=url, api_key=api_key, timeout=max(1, int(round(timeout))), check_compatibility=False)
+        self.client = client
+        self._ensure_reachable()
+
+    def describe(self) -> str:
+        """Where the points live, for messages."""
+        return f"{self.url or 'qdrant-client'} (collection {self.collection!r})"
+
+    def _ensure_reachable(self) -> None:
+        try:
+            self.client.get_collections()
+        except Exception as exc:
+            cause = exc
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            raise IndexStoreError(
+                f"Qdrant at {self.url} did not answer within {self.timeout:g} s ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else 'no response'}); check --url / QDRANT_URL and "
+                f"--api-key, or leave --url out to use the local store in ./{DEFAULT_PATH}"
+            ) from None
+
+    def list_collections(self) -> list[str]:
+        """Names of the server's collections that were made by lganna-rag."""
+        names = []
+        for c in self.client.get_collections().collections:
+            meta = self.client.get_collection(c.name).config.metadata or {}
+            if "lganna" in meta:
+                names.append(c.name)
+        return sorted(names)
+
+    def metadata(self) -> dict[str, Any] | None:
+        """The collection's metadata, or ``None`` if it does not exist."""
+        if not self.client.collection_exists(self.collection):
+            return None
+        meta = self.client.get_collection(self.collection).config.metadata or {}
+        if "lganna" not in meta:
+            raise IndexStoreError(
+                f"collection {self.collection!r} on {self.url} was not made by lganna-rag (no model metadata); "
+                f"choose another --collection"
+            )
+        return meta["lganna"]
+
+    def create(self, meta: dict[str, Any]) -> None:
+        """Create the collection with dense + sparse (IDF) vectors and keyword indexes on source and root."""
+        from qdrant_client import models
+
+        self.client.create_collection(
+            self.collection,
+            vectors_config={DENSE: models.VectorParams(size=int(meta["model"]["dimension"]), distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata={"lganna": meta},
+        )
+        with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+            warnings.simplefilter("ignore")
+            for key in ("source", "root"):
+                self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+
+    def update_metadata(self, meta: dict[str, Any]) -> None:
+        """Replace the collection metadata."""
+        self.client.update_collection(self.collection, metadata={"lganna": meta})
+
+    @staticmethod
+    def _filter(where: Where | None, not_ids: Iterable[str] | None = None) -> Any:
+        from qdrant_client import models
+
+        must = []
+        for key, value in (where or {}).items():
+            if isinstance(value, (list, tuple, set)):
+                must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
+            else:
+                must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+        must_not = [models.HasIdCondition(has_id=list(not_ids))] if not_ids else None
+        if not must and not must_not:
+            return None
+        return models.Filter(must=must or None, must_not=must_not)
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Insert or replace points ``(id, dense, (indices, values), payload)``."""
+        from qdrant_client import models
+
+        structs = [
+            models.PointStruct(id=pid, payload=payload, vector={
+                DENSE: np.asarray(dense, dtype=np.float32).tolist(),
+                SPARSE: models.SparseVector(indices=list(idx), values=list(val)),
+            })
+            for pid, dense, (idx, val), payload in points
+        ]
+        self.client.upsert(self.collection, structs, wait=True)
+
+    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        """Set (merge) payload fields of one point."""
+        self.client.set_payload(self.collection, payload=payload, points=[point_id], wait=True)
+
+    def delete(self, ids: Sequence[str] | None = None, where: Where | None = None,
+               not_ids: Iterable[str] | None = None) -> None:
+        """Delete points by id, or those matching ``where`` except ``not_ids``."""
+        from qdrant_client import models
+
+        if ids is not None:
+            if ids:
+                self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+        else:
+            self.client.delete(self.collection, wait=True,
+                               points_selector=models.FilterSelector(filter=self._filter(where, not_ids) or models.Filter()))
+
+    def scroll(self, fields: list[str] | bool, where: Where | None = None, batch: int = 1024) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(id, payload)`` of every point matching ``where`` (only ``fields`` of the payload)."""
+        offset = None
+        flt = self._filter(where)
+        while True:
+            records, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=batch, offset=offset,
+                                                 with_payload=fields, with_vectors=False)
+            for r in records:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None:
+                return
+
+    def count(self, where: Where | None = None) -> int:
+        """Number of points matching ``where``."""
+        return int(self.client.count(self.collection, count_filter=self._filter(where), exact=True).count)
+
+    def search(self, dense: np.ndarray | None, sparse: tuple[list[int], list[float]] | None, k: int,
+               where: Where | None, prefetch: int) -> list[tuple[str, float, dict[str, Any]]]:
+        """Top ``k`` points by dense, sparse, or (both given) RRF-fused ranking."""
+        from qdrant_client import models
+
+        flt = self._filter(where)
+        dense_q = np.asarray(dense, dtype=np.float32).tolist() if dense is not None else None
+        sparse_q = models.SparseVector(indices=list(sparse[0]), values=list(sparse[1])) if sparse is not None else None
+        if dense_q is not None and sparse_q is not None:
+            result = self.client.query_points(
+                self.collection, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=k, with_payload=True,
+                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=prefetch, filter=flt),
+                          models.Prefetch(query=sparse_q, using=SPARSE, limit=prefetch, filter=flt)],
+            )
+        else:
+            result = self.client.query_points(self.collection, query=dense_q if dense_q is not None else sparse_q,
+                                              using=DENSE if dense_q is not None else SPARSE, limit=k,
+                                              with_payload=True, query_filter=flt)
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+
+    def flush(self) -> None:
+        """Nothing to do: the server persists each acknowledged write."""
+
+    def optimize(self) -> None:
+        """Nothing to do: the server optimises in the background."""
+
+    def drop(self) -> None:
+        """Delete the collection."""
+        if self.client.collection_exists(self.collection):
+            self.client.delete_collection(self.collection)
+
+    def close(self) -> None:
+        """Close the client connection."""
+        self.client.close()
+
+    def disk_bytes(self) -> int:
+        """Unknown for a server (0)."""
+        return 0
+
+
