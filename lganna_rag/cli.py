@@ -1,11 +1,25 @@
-"""The ``lganna-rag`` command line. Sub-commands of other parts (``bench``, ``train``) load on use."""
+"""The ``lganna-rag`` command line: index, search, info, embed, delete (and ``bench``, ``train`` on use).
+
+Heavy modules (torch, qdrant) are imported inside the commands, so ``--help`` is instant.
+Exit codes: 0 ok; 1 error, or partial failure with ``--strict``; 2 usage error; 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Any
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .index import Index, IndexProgress, IndexReport
+
+EXIT_INTERRUPTED = 130
 
 
 class LazyGroup(click.Group):
@@ -28,11 +42,444 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={"bench": "lganna_rag.benchmarks.cli:bench"},
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
 )
 @click.version_option(package_name="lganna-rag")
 def main() -> None:
-    """lganna-rag: instruction-aware embeddings, Qdrant indexing and search."""
+    """lganna-rag: instruction-aware embeddings, Qdrant indexing and search.
+
+    \b
+    Quick start:
+      lganna-rag index ./docs                       # local store in ./.lganna (incremental)
+      lganna-rag search "how do I rotate keys?"     # best chunks, with sources
+      lganna-rag search "rotate keys" --hybrid -k 10 --json
+      lganna-rag info
+
+    Exit codes: 0 ok, 1 error (or skipped/failed files with --strict), 2 usage error, 130 interrupted.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _store_options(func: Callable) -> Callable:
+    """Options shared by every command that opens a collection."""
+    options = [
+        click.option("--path", "store_path", type=click.Path(file_okay=False, path_type=Path), envvar="LGANNA_STORE",
+                     show_envvar=True, help="Local store folder (default ./.lganna)."),
+        click.option("--url", envvar="QDRANT_URL", show_envvar=True,
+                     help="Qdrant server or cluster URL, instead of the local store."),
+        click.option("--api-key", envvar="QDRANT_API_KEY", show_envvar=True, help="API key for --url."),
+        click.option("--collection", "-c", default="default", show_default=True, envvar="LGANNA_COLLECTION",
+                     help="Collection name."),
+        click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+                     help="Seconds to wait for a Qdrant server."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+_model_option = click.option(
+    "--model", "-m", envvar="LGANNA_MODEL", show_envvar=True,
+    help="Model name (lganna-mini, minilm, ...), directory or hub id. Default: the collection's model, else the "
+         "default model.",
+)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into click errors: usage problems exit 2, everything else 1."""
+    from .models import ModelNotFoundError
+
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
+    except (ModelNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:
+        from .index import CollectionNotFoundError, ModelMismatchError
+
+        if isinstance(exc, (CollectionNotFoundError, ModelMismatchError)):
+            raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
+
+
+def _open_index(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,
+                model: str | None = None, *, recreate: bool = False, batch_size: int = 32) -> "Index":
+    from .index import Index
+
+    if url and store_path is not None:
+        raise click.UsageError("give either --path (local store) or --url (Qdrant server), not both")
+    return Index(store_path if not url else None, collection=collection, model=model, url=url or None,
+                 api_key=api_key, timeout=timeout, recreate=recreate, batch_size=batch_size)
+
+
+def _parse_filters(items: tuple[str, ...]) -> dict[str, Any] | None:
+    where: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. source=guide/intro.md", param_hint="--filter")
+        key = key.strip()
+        parsed: Any = int(value) if key in ("chunk", "n_chunks", "start", "end") and value.lstrip("-").isdigit() else value
+        if key in where:
+            where[key] = [*(where[key] if isinstance(where[key], list) else [where[key]]), parsed]
+        else:
+            where[key] = parsed
+    return where or None
+
+
+def read_examples(path: Path) -> list[tuple[str, str]]:
+    """Few-shot examples from a JSON list or JSONL file of ``{"query", "response"}`` objects or pairs."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})", param_hint="--examples") from None
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            row = (row.get("query"), row.get("response", row.get("positive")))
+        if not (isinstance(row, (list, tuple)) and len(row) == 2 and all(isinstance(x, str) for x in row)):
+            raise click.BadParameter(f"{path}: example {i} must be {{\"query\": ..., \"response\": ...}} or a "
+                                     f"[query, response] pair", param_hint="--examples")
+        out.append((row[0], row[1]))
+    return out
+
+
+def _task(task: str | None, instruction: str | None) -> Any:
+    """The query task from --task (a registered name) or --instruction (free text)."""
+    from .prompts import Task, get_task
+
+    if task and instruction:
+        raise click.UsageError("give --task or --instruction, not both")
+    if instruction:
+        return Task("custom", instruction, task_type="retrieval")
+    if task:
+        try:
+            return get_task(task)
+        except KeyError as exc:
+            raise click.BadParameter(str(exc.args[0] if exc.args else exc), param_hint="--task") from None
+    return None
+
+
+@contextlib.contextmanager
+def _graceful_sigint(console: Any) -> Iterator[Callable[[], bool]]:
+    """First Ctrl-C asks the run to stop after the current batch; a second one aborts at once."""
+    state = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["stop"]:
+            raise KeyboardInterrupt
+        state["stop"] = True
+        console.print("[yellow]Stopping after the current batch... (Ctrl-C again to abort now)[/]")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: state["stop"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> None:
+    r = report
+    console.print(
+        f"[bold]{len(r.indexed)}[/] files indexed, {len(r.unchanged)} unchanged, {len(r.skipped)} skipped, "
+        f"[{'red' if r.failed else 'default'}]{len(r.failed)} failed[/], {len(r.pruned)} removed; "
+        f"{r.chunks_written} chunks written ({r.chunks_reused} reused, {r.chunks_deleted} deleted) in "
+        f"{r.seconds:.1f} s ({r.chunks_per_second:.1f} chunks/s); collection now holds {total_chunks} chunks",
+        highlight=False,
+    )
+    for title, items, style in (("failed", r.failed, "red"), ("skipped", r.skipped, "yellow")):
+        by_reason: dict[str, list[str]] = {}
+        for s in items:
+            by_reason.setdefault(s.reason, []).append(s.source)
+        for reason, sources in by_reason.items():
+            shown = ", ".join(sources[:10]) + (f" and {len(sources) - 10} more (see --json)" if len(sources) > 10 else "")
+            console.print(f"  [{style}]{title}[/] ({reason}): {shown}", highlight=False, markup=True)
+    for source, warning in r.warnings:
+        console.print(f"  [yellow]warning[/] {source}: {warning}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- index
+@main.command("index")
+@click.argument("paths", nargs=-1, required=True)
+@_store_options
+@_model_option
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only index matching files (repeatable); also admits unknown file types as text.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files or folders (repeatable); "
+              "hidden files, node_modules and __pycache__ are always skipped.")
+@click.option("--chunk-size", type=click.IntRange(8), help="Tokens per chunk (default 256, or the model's limit).")
+@click.option("--overlap", type=click.IntRange(0), help="Tokens shared by consecutive chunks (default 32).")
+@click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="Skip files larger than this.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Encoder batch size.")
+@click.option("--prune/--no-prune", default=True, show_default=True,
+              help="Remove chunks of files that were deleted from the indexed folders.")
+@click.option("--recreate", is_flag=True, help="Delete the collection first and rebuild it.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any file failed or was skipped.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def index_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, api_key: str | None, collection: str,
+              timeout: float, model: str | None, include: tuple[str, ...], exclude: tuple[str, ...],
+              chunk_size: int | None, overlap: int | None, max_file_mb: float, batch_size: int, prune: bool,
+              recreate: bool, strict: bool, as_json: bool, quiet: bool) -> None:
+    """Index folders, files or glob patterns (incremental and resumable).
+
+    Unchanged files are skipped, changed files re-chunked, deleted files' chunks removed (--prune).
+    Loads .md .txt .rst .html .pdf and common source files. Ctrl-C stops cleanly after the current
+    batch; running the same command again resumes.
+
+    \b
+    Examples:
+      lganna-rag index ./docs
+      lganna-rag index ./docs ./notes --exclude "drafts" --exclude "*.log"
+      lganna-rag index ./src --include "*.py" --chunk-size 128 --overlap 16
+      lganna-rag index ./docs --url http://localhost:6333 --collection docs
+      lganna-rag index ./docs --model minilm --recreate --json
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=quiet)
+    with _errors():
+        index = _open_index(store_path, url, api_key, collection, timeout, model, recreate=recreate,
+                            batch_size=batch_size)
+        with index, _graceful_sigint(console) as should_stop, _progress(console, quiet) as progress:
+            report = index.add_files(paths, include=include, exclude=exclude, chunk_size=chunk_size, overlap=overlap,
+                                     max_file_mb=max_file_mb, prune=prune, progress=progress, should_stop=should_stop)
+            total = index.count()
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "collection": collection, "chunks_total": total}, indent=2))
+    else:
+        _print_summary(Console(highlight=False), report, total)
+    if report.interrupted:
+        console.print("[yellow]Interrupted.[/] Run the same command again to finish; completed files are kept.")
+        sys.exit(EXIT_INTERRUPTED)
+    if strict and (report.failed or report.skipped):
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"], None]]:
+    """A rich progress bar on a terminal; one log line per written batch otherwise (CI, pipes)."""
+    if quiet:
+        yield lambda p: None
+        return
+    if not console.is_terminal:
+        def log(p: "IndexProgress") -> None:
+            if p.event == "batch":
+                console.print(f"wrote {p.chunks_written} chunks ({p.files_done}/{p.files_total} files, "
+                              f"{p.chunks_per_second:.1f} chunks/s)", highlight=False)
+
+        yield log
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]Indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+               TextColumn("{task.fields[chunks]} chunks, {task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
+               TextColumn("[dim]{task.fields[current]}")]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("index", total=None, chunks=0, rate=0.0, current="")
+
+        def update(p: "IndexProgress") -> None:
+            bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_written,
+                       rate=p.chunks_per_second, current=p.current[-40:])
+
+        yield update
+
+
+# ---------------------------------------------------------------------------------------------- search
+@main.command("search")
+@click.argument("query")
+@_store_options
+@_model_option
+@click.option("-k", "--top-k", "k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Number of results.")
+@click.option("--task", help="Registered task whose instruction the query gets (retrieval, SciFact, ...).")
+@click.option("--instruction", help="Your own instruction for the query, e.g. 'Given a bug report, retrieve the fix'.")
+@click.option("--examples", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='Few-shot examples: JSON list or JSONL of {"query": ..., "response": ...}.')
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only chunks whose payload KEY equals VALUE (repeat a key for any-of), e.g. source=guide/intro.md.")
+@click.option("--hybrid", is_flag=True, help="Fuse dense and BM25 rankings (RRF); same as --mode hybrid.")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]), help="Ranking: dense (default), sparse "
+              "(BM25 only) or hybrid.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search_cmd(query: str, store_path: Path | None, url: str | None, api_key: str | None, collection: str,
+               timeout: float, model: str | None, k: int, task: str | None, instruction: str | None,
+               examples: Path | None, filters: tuple[str, ...], hybrid: bool, mode: str | None, as_json: bool) -> None:
+    """Search a collection for QUERY.
+
+    \b
+    Examples:
+      lganna-rag search "how do I rotate the API key?"
+      lganna-rag search "rotate API key" --hybrid -k 10
+      lganna-rag search "heat pump noise" --filter source=faq.md --json
+      lganna-rag search "null pointer in parser" --instruction "Given a bug report, retrieve the code that fixes it"
+      lganna-rag search "aspirin and stroke" --task SciFact --examples shots.jsonl
+    """
+    if hybrid and mode not in (None, "hybrid"):
+        raise click.UsageError("--hybrid conflicts with --mode " + str(mode))
+    chosen = "hybrid" if hybrid else (mode or "dense")
+    where = _parse_filters(filters)
+    shots = read_examples(examples) if examples is not None else None
+    with _errors():
+        the_task = _task(task, instruction)
+        with _open_index(store_path, url, api_key, collection, timeout, model) as index:
+            hits = index.search(query, k, task=the_task, examples=shots, where=where, mode=chosen)
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("No results.")
+        return
+    for rank, h in enumerate(hits, 1):
+        where_from = f"{h.source} #{h.chunk}" if h.source is not None else h.payload.get("doc_id", h.id)
+        span = f" [{h.start}:{h.end}]" if h.start is not None else ""
+        click.echo(click.style(f"{rank:>2}. {h.score:.4f}  {where_from}{span}", bold=True))
+        snippet = " ".join(h.text.split())
+        click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
+
+
+# ---------------------------------------------------------------------------------------------- info
+@main.command("info")
+@_store_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_cmd(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,
+             as_json: bool) -> None:
+    """Show the store's collections and, for --collection, its model, chunk and file counts.
+
+    \b
+    Examples:
+      lganna-rag info
+      lganna-rag info --collection docs --json
+      lganna-rag info --url http://localhost:6333
+    """
+    from .models import default_model_name
+
+    with _errors():
+        with _open_index(store_path, url, api_key, collection, timeout) as index:
+            info = {**index.info(), "default_model": default_model_name()}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"store:        {info['store']} ({info['backend']})")
+    click.echo(f"collections:  {', '.join(info['collections']) or '(none)'}")
+    click.echo(f"default model: {info['default_model']}")
+    if not info["exists"]:
+        click.echo(f"collection {collection!r} does not exist yet; create it with: lganna-rag index PATH")
+        return
+    m = info["model"]
+    click.echo(f"collection:   {info['collection']}")
+    click.echo(f"model:        {m['name']} ({m['dimension']}-d, pooling {m['pooling']}, prompt template "
+               f"{m['prompt_template'] or 'none'} v{m['prompt_version']})")
+    click.echo(f"chunks:       {info['chunks']}")
+    click.echo(f"files:        {info['files']}")
+    if info.get("chunking"):
+        click.echo(f"chunking:     {info['chunking']['size']} tokens, overlap {info['chunking']['overlap']}")
+    if info["disk_bytes"]:
+        click.echo(f"disk:         {info['disk_bytes'] / 1e6:.1f} MB")
+
+
+# ---------------------------------------------------------------------------------------------- embed
+@main.command("embed")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_model_option
+@click.option("--query", "as_query", is_flag=True, help="Embed as queries (with --task/--instruction/--examples).")
+@click.option("--task", help="Registered task for --query.")
+@click.option("--instruction", help="Your own instruction for --query.")
+@click.option("--examples", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Few-shot examples for --query.")
+@click.option("--chunk-size", type=click.IntRange(8), help="Tokens per chunk for FILES (default 256 or the model's limit).")
+@click.option("--overlap", type=click.IntRange(0), default=32, show_default=True, help="Chunk overlap for FILES.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--no-text", is_flag=True, help="Leave the text out of the output.")
+def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: str | None, instruction: str | None,
+              examples: Path | None, chunk_size: int | None, overlap: int, batch_size: int, no_text: bool) -> None:
+    """Print embeddings as JSON lines: of stdin lines, or of the chunks of FILES.
+
+    \b
+    Examples:
+      echo "Paris is the capital of France." | lganna-rag embed
+      lganna-rag embed --query --task retrieval < questions.txt > vectors.jsonl
+      lganna-rag embed notes.md report.pdf --chunk-size 128
+    """
+    from .encoder import LGAnnaEncoder
+    from .ingest import Chunker, FileRef, Skip, load_file
+
+    if (task or instruction or examples) and not as_query:
+        raise click.UsageError("--task, --instruction and --examples apply to queries: add --query")
+    shots = read_examples(examples) if examples is not None else None
+    with _errors():
+        the_task = _task(task, instruction)
+        encoder = LGAnnaEncoder.from_pretrained(model)
+        records: list[dict[str, Any]] = []
+        if files:
+            specials = len(encoder.tokenize([""])[0][0])
+            limit = encoder.config.max_length - specials - 2
+            chunker = Chunker(encoder.tokenizer, chunk_size or min(256, limit), overlap)
+            for path in files:
+                real = path.resolve()
+                loaded = load_file(FileRef(real, real.parent, str(path)))
+                if isinstance(loaded, Skip):
+                    click.echo(f"skipped {path}: {loaded.reason}", err=True)
+                    continue
+                for w in loaded.warnings:
+                    click.echo(f"warning {path}: {w}", err=True)
+                records += [{"source": str(path), "chunk": c.index, "start": c.start, "end": c.end, "text": c.text}
+                            for c in chunker.split(loaded.text)]
+        else:
+            records = [{"line": i, "text": line.rstrip("\r\n")} for i, line in enumerate(sys.stdin, 1) if line.strip()]
+        texts = [r["text"] for r in records]
+        if as_query:
+            vectors = encoder.encode_queries(texts, task=the_task, examples=shots, batch_size=batch_size)
+        else:
+            vectors = encoder.encode_documents(texts, batch_size=batch_size)
+    out = click.get_text_stream("stdout")
+    for record, vector in zip(records, vectors):
+        if no_text:
+            record.pop("text")
+        out.write(json.dumps({**record, "vector": [round(float(x), 7) for x in vector]}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- delete
+@main.command("delete")
+@click.argument("paths", nargs=-1)
+@_store_options
+@click.option("--source", "sources", multiple=True, help="Delete chunks whose source is exactly this (repeatable).")
+@click.option("--all", "drop_all", is_flag=True, help="Delete the whole collection.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation with --all.")
+def delete_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, api_key: str | None, collection: str,
+               timeout: float, sources: tuple[str, ...], drop_all: bool, yes: bool) -> None:
+    """Delete the chunks of files or folders (PATHS, which may no longer exist), of --source values, or --all.
+
+    \b
+    Examples:
+      lganna-rag delete docs/old-guide.md
+      lganna-rag delete docs/archive/
+      lganna-rag delete --source guide/intro.md
+      lganna-rag delete --all --yes --collection scratch
+    """
+    if sum(bool(x) for x in (paths, sources, drop_all)) != 1:
+        raise click.UsageError("give PATHS, --source or --all (exactly one of them)")
+    with _errors():
+        with _open_index(store_path, url, api_key, collection, timeout) as index:
+            if not index.exists:
+                raise click.UsageError(f"collection {collection!r} does not exist in {index.backend.describe()}")
+            if drop_all:
+                if not yes:
+                    click.confirm(f"Delete collection {collection!r} with {index.count()} chunks?", abort=True)
+                index.drop()
+                click.echo(f"deleted collection {collection!r}")
+                return
+            if paths:
+                n = index.delete(paths=list(paths))
+            else:
+                n = index.delete(where={"source": list(sources)})
+    click.echo(f"deleted {n} chunks")
 
 
 if __name__ == "__main__":
