@@ -66,3 +66,47 @@ def test_teacher_distribution_and_distill_loss():
     assert distill_loss(v, v * 2).item() == pytest.approx(0.0, abs=1e-7)  # scale-invariant
     # orthogonal unit vectors: 1 - cos = 1; MSE = mean((1,0)-(0,1))^2 = 1; sim matrices: [[1,0],[0,1]] vs same -> 0
     assert distill_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), sim_weight=0).item() == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------------------- data hygiene and ICL sampling
+def _jsonl(path, rows):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_leakage_check_fires_on_a_planted_test_sentence(tmp_path):
+    from lganna_rag.training.data import LeakageError, check_leakage, source
+
+    _jsonl(tmp_path / "STSBenchmark" / "test.jsonl", [{"sentence1": "A girl is styling her hair.", "sentence2": "A girl brushes hair.", "score": 2.5}])
+    _jsonl(tmp_path / "train" / "msrp.jsonl", [
+        {"query": "Completely unrelated training text.", "positive": "Another one."},
+        {"query": "Something else", "positive": "a  GIRL is styling her hair."},  # same text after normalisation
+    ])
+    with pytest.raises(LeakageError, match=r"train/msrp\.jsonl:2: .*STSBenchmark/test\.jsonl:1"):
+        check_leakage([source("msrp")], root=tmp_path)
+    _jsonl(tmp_path / "train" / "msrp.jsonl", [{"query": "Completely unrelated training text.", "positive": "Another one."}])
+    assert check_leakage([source("msrp")], root=tmp_path) == 1
+
+
+def test_real_training_data_is_clean_and_loads(data_root):
+    from lganna_rag.training.data import SOURCES, check_leakage, load_examples, source
+
+    assert check_leakage(SOURCES) > 90000
+    banking = load_examples(source("banking77"))
+    assert banking and all(ex.label for ex in banking) and all(ex.query != ex.positive for ex in banking)
+
+
+def test_icl_examples_come_from_the_same_source_and_never_the_query_itself():
+    import random
+
+    from lganna_rag.training.data import Example, ExamplePool
+
+    exs = [Example("a", f"q{i}", f"p{i}") for i in range(5)] + [Example("b", "bq", "bp")]
+    pool = ExamplePool.from_examples(exs)
+    rng = random.Random(0)
+    for _ in range(50):
+        picked = pool.sample(exs[0], 3, rng)
+        assert len(picked) == 3 and ("q0", "p0") not in picked and all(q.startswith("q") for q, _ in picked)
+    assert pool.sample(exs[-1], 2, rng) == []  # only one pair in source b: nothing else to show

@@ -1,0 +1,224 @@
+"""Training examples from ``$LGANNA_DATA/train``, the test-leakage check, and in-context example sampling.
+
+Each source file becomes :class:`Example` rows (query, positive, optional given negatives) under a
+:class:`~lganna_rag.prompts.Task` whose instruction is rendered with the same template as at
+inference. Classification files are turned into pairs of texts that share a label.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from lganna_rag.data import DataFormatError, data_dir, read_jsonl
+from lganna_rag.prompts import Task, get_task
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: ``query`` (gets the instruction), ``positive`` (a document), given negatives."""
+
+    source: str
+    query: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A training file and the task its pairs teach."""
+
+    file: str
+    task: Task
+    kind: str = "pairs"  # pairs | scored_pairs | labels
+    symmetric: bool = False  # both sides are the same kind of text (paraphrase, STS, classification)
+
+
+def _t(name: str, instruction: str, task_type: str) -> Task:
+    return Task(name, instruction, task_type=task_type)
+
+
+QA = "Given a question, retrieve passages that answer the question"
+SOURCES: tuple[Source, ...] = (
+    Source("squad_du.jsonl", _t("squad", "Given a question, retrieve Wikipedia sentences that answer the question", "retrieval")),
+    Source("medquad.jsonl", _t("medquad", "Given a consumer health question, retrieve passages that answer it", "retrieval")),
+    Source("covidqa.jsonl", _t("covidqa", "Given a question about COVID-19, retrieve passages that answer it", "retrieval")),
+    Source("pubmedqa.jsonl", _t("pubmedqa", "Given a biomedical research question, retrieve abstracts that answer it", "retrieval")),
+    Source("scifact_train.jsonl", get_task("SciFact")),
+    Source("wikiqa_train.jsonl", get_task("WikiQA")),
+    Source("trecqa.jsonl", get_task("TrecQA")),
+    Source("reuters21578.jsonl", _t("reuters", "Given a news headline, retrieve the news story", "retrieval")),
+    Source("news20_train.jsonl", _t("news20", "Given the subject line of a newsgroup post, retrieve the post", "retrieval")),
+    Source("agnews.jsonl", _t("agnews", "Given a news title, retrieve the news article summary", "retrieval")),
+    Source("mqp.jsonl", _t("mqp", "Given a patient question, retrieve questions with the same intent", "pair_classification"), symmetric=True),
+    Source("rqe_train.jsonl", get_task("RQEMedicalPairs"), symmetric=True),
+    Source("msrp.jsonl", get_task("MSRP"), symmetric=True),
+    Source("pit2015_dev.jsonl", get_task("TwitterSemEval2015"), symmetric=True),
+    Source("stsb.jsonl", get_task("sts"), kind="scored_pairs", symmetric=True),
+    Source("banking77.jsonl", get_task("Banking77Classification"), kind="labels", symmetric=True),
+)
+
+
+def source(name: str) -> Source:
+    """Look a source up by file name (with or without ``.jsonl``)."""
+    for s in SOURCES:
+        if s.file == name or s.file == f"{name}.jsonl":
+            return s
+    raise KeyError(f"unknown training source {name!r}; known: {', '.join(s.file for s in SOURCES)}")
+
+
+def load_examples(src: Source, root: Path | None = None, seed: int = 0, min_score: float = 4.0) -> list[Example]:
+    """Read one source file into examples (label files: each text paired with another text of its label)."""
+    path = (root or data_dir()) / "train" / src.file
+    name = src.file.removesuffix(".jsonl")
+    if src.kind == "pairs":
+        out = []
+        for row in read_jsonl(path, required=("query", "positive")):
+            negs = row.get("negatives") or []
+            if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
+                raise DataFormatError(f"{path}: 'negatives' must be a list of strings (query {row['query'][:60]!r})")
+            out.append(Example(name, row["query"], row["positive"], tuple(negs), row.get("label")))
+        return out
+    if src.kind == "scored_pairs":
+        return [
+            Example(name, row["sentence1"], row["sentence2"])
+            for row in read_jsonl(path, required=("sentence1", "sentence2", "score"))
+            if float(row["score"]) >= min_score
+        ]
+    if src.kind == "labels":
+        by_label: dict[str, list[str]] = defaultdict(list)
+        for row in read_jsonl(path, required=("text", "label")):
+            by_label[str(row["label"])].append(row["text"])
+        rng = random.Random(seed)
+        out = []
+        for label, texts in sorted(by_label.items()):
+            if len(texts) < 2:
+                continue
+            partners = texts[1:] + texts[:1]
+            rng.shuffle(partners)
+            for text, partner in zip(texts, partners):
+                if text != partner:
+                    out.append(Example(name, text, partner, (), label))
+        return out
+    raise ValueError(f"unknown source kind {src.kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Test leakage
+# ---------------------------------------------------------------------------------------------
+class LeakageError(ValueError):
+    """A training text equals a text of an evaluation test set."""
+
+
+def normalise(text: str) -> str:
+    """Lower-case, whitespace-collapsed form used to compare texts."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def test_texts(root: Path | None = None) -> dict[str, str]:
+    """Every evaluation text (normalised) -> where it comes from.
+
+    Retrieval: the queries judged in ``qrels/test.tsv``. Every other task: every string in the
+    ``test.jsonl`` the benchmarks evaluate (sentences, queries, candidates, texts). Retrieval corpora are shared between
+    train and test qrels (as in BEIR) and are not test texts; they are never used as unlabeled
+    training text either.
+    """
+    root = root or data_dir()
+    out: dict[str, str] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "train"):
+        qrels = folder / "qrels" / "test.tsv"
+        if qrels.is_file():
+            ids = {line.split("\t")[0] for line in qrels.read_text(encoding="utf-8").splitlines()[1:] if line.strip()}
+            for row in read_jsonl(folder / "queries.jsonl"):
+                if str(row["_id"]) in ids:
+                    out.setdefault(normalise(row["text"]), f"{folder.name} test query {row['_id']}")
+        for test_file in sorted(folder.glob("test.jsonl")):
+            for lineno, row in enumerate(read_jsonl(test_file), 1):
+                for text in _strings(row):
+                    out.setdefault(normalise(text), f"{test_file.relative_to(root)}:{lineno}")
+    return out
+
+
+#: Row keys that hold labels or provenance, not text.
+_NOT_TEXT = frozenset({"label", "labels", "label_text", "label_fine", "id", "_id", "source", "split", "score", "qtype", "slurp_id"})
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        if len(value.strip()) > 0:
+            yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in _NOT_TEXT:
+                yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
+    """Raise :class:`LeakageError` naming file and line if any training text equals a test text; else the number of rows checked."""
+    root = root or data_dir()
+    tests = test_texts(root)
+    checked = 0
+    for src in sources:
+        path = root / "train" / src.file
+        for lineno, row in enumerate(read_jsonl(path), 1):
+            checked += 1
+            for text in _strings(row):
+                where = tests.get(normalise(text))
+                if where is not None:
+                    raise LeakageError(
+                        f"{path}:{lineno}: training text {text[:80]!r} equals an evaluation text ({where}); "
+                        f"remove the row before training"
+                    )
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# In-context examples
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ExamplePool:
+    """(query, positive) pairs per source, for sampling in-context examples from the same task."""
+
+    by_source: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_examples(cls, examples: Iterable[Example], max_chars: int = 300) -> "ExamplePool":
+        """Keep short pairs only (examples share the model's context with the query)."""
+        pool: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for ex in examples:
+            if len(ex.query) + len(ex.positive) <= max_chars:
+                pool[ex.source].append((ex.query, ex.positive))
+        return cls(dict(pool))
+
+    def sample(self, example: Example, k: int, rng: random.Random) -> list[tuple[str, str]]:
+        """Up to ``k`` pairs from ``example``'s source, never ``example`` itself."""
+        candidates = self.by_source.get(example.source, [])
+        if k <= 0 or len(candidates) < 2:
+            return []
+        draw = rng.sample(range(len(candidates)), min(len(candidates), k + 1))
+        picked = [candidates[i] for i in draw if candidates[i][0] != example.query][:k]
+        return picked
+
+
+def icl_count(rng: random.Random, max_examples: int, p_zero: float = 0.5) -> int:
+    """How many in-context examples a training query gets: 0 with probability ``p_zero``, else 1..max."""
+    if max_examples <= 0 or rng.random() < p_zero:
+        return 0
+    return rng.randint(1, max_examples)
+
+
+def pairs_texts(examples: Sequence[Example]) -> list[str]:
+    """All distinct texts of a list of examples (queries, positives, negatives)."""
+    seen: dict[str, None] = {}
+    for ex in examples:
+        for text in (ex.query, ex.positive, *ex.negatives):
+            seen.setdefault(text)
+    return list(seen)
