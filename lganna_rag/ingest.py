@@ -372,7 +372,8 @@ class Chunker:
     """Splits text into chunks of at most ``size`` tokens of ``tokenizer`` with ``overlap`` tokens.
 
     A chunk ends at the best break in the second half of its window: a heading start, else a paragraph
-    break, a sentence end, a line end, a word boundary, and only as a last resort inside a word.
+    break, a sentence end, a line end, a word boundary, and only as a last resort inside a word. The
+    next chunk repeats the last ``overlap`` tokens, unless the cut fell on a paragraph or heading.
     """
 
     def __init__(self, tokenizer: Any, size: int = 256, overlap: int = 32) -> None:
@@ -436,12 +437,14 @@ class Chunker:
                 chunks.append(Chunk(len(chunks), start_char + lead, start_char + lead + len(stripped), stripped))
             if end >= n:
                 break
-            nxt = end - self.overlap if self.overlap else end
-            if nxt < end:  # start the overlap on a word boundary when one is near
-                for j in range(nxt, end):
-                    if priority[j] >= 1:
-                        nxt = j
-                        break
+            # Overlap carries context across a cut inside a paragraph; a cut at a paragraph or heading
+            # starts the next chunk cleanly there.
+            nxt = end - self.overlap if self.overlap and priority[end] < _PRIORITIES[-1][1] else end
+            if nxt < end:  # start the overlap at its best boundary (a sentence start, else a word start)
+                window = priority[nxt:end]
+                best = max(window)
+                if best:
+                    nxt += window.index(best)
             s = max(nxt, s + 1)
         return chunks
 

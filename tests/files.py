@@ -1,0 +1,76 @@
+"""Helpers that build real test inputs: a minimal text PDF, folders of documents, a non-root reader."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Iterator
+
+TOPICS = {
+    "volcanoes.md": "# Volcanoes\n\nMagma rises through the crust and erupts as lava, ash and volcanic gas. "
+                    "Shield volcanoes have gentle slopes built from fluid basalt lava flows.",
+    "chess.txt": "Chess openings\n\nThe Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced "
+                 "positions where Black fights for the centre from the side.",
+    "espresso.md": "# Espresso\n\nEspresso is brewed by forcing hot water at nine bars of pressure through finely "
+                   "ground coffee for about 25 seconds, giving a small concentrated shot with crema.",
+}
+
+
+def text_pdf(text: str) -> bytes:
+    """A valid one-page PDF whose page shows ``text`` in Helvetica (pypdf extracts it)."""
+    stream = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET".encode("latin-1")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def write_topics(folder: Path) -> Path:
+    """Write the three :data:`TOPICS` documents into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in TOPICS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def write_corpus(folder: Path, n_files: int, words: int, seed: int = 0, vocab: list[str] | None = None) -> Path:
+    """``n_files`` markdown files of ``words`` pseudo-random words in paragraphs (deterministic)."""
+    rng = random.Random(seed)
+    vocab = vocab or [f"{a}{b}" for a in ("re", "con", "pro", "sub", "in", "ex", "de", "tra") for b in
+                      ("ton", "mar", "lis", "vek", "dor", "pia", "sul", "gen", "fal", "quo")]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_files):
+        paragraphs = []
+        for _ in range(max(1, words // 60)):
+            paragraphs.append(" ".join(rng.choice(vocab) for _ in range(60)) + ".")
+        (folder / f"doc{i:03d}.md").write_text(f"# Document {i}\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
+    return folder
+
+
+@contextlib.contextmanager
+def as_other_user() -> Iterator[None]:
+    """Run the block as user ``nobody`` when we are root (root reads any file), else as ourselves."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)

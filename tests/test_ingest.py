@@ -1,0 +1,187 @@
+"""Ingestion: discovery rules, loaders and every bad-input case, the token-aware chunker."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from files import as_other_user, text_pdf, write_topics
+from lganna_rag.ingest import Chunker, FileRef, LoadedFile, Skip, chunk_id, discover, html_to_text, load_file
+
+
+def _ref(path: Path) -> FileRef:
+    return FileRef(path, path.parent, path.name)
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+def test_discover_walks_sorted_with_include_exclude_and_hidden(tmp_path):
+    write_topics(tmp_path / "docs")
+    (tmp_path / "docs" / "sub").mkdir()
+    (tmp_path / "docs" / "sub" / "deep.rst").write_text("Deep\n====\n\ntext")
+    (tmp_path / "docs" / ".git").mkdir()
+    (tmp_path / "docs" / ".git" / "config.txt").write_text("hidden")
+    (tmp_path / "docs" / "drafts").mkdir()
+    (tmp_path / "docs" / "drafts" / "wip.md").write_text("draft")
+    (tmp_path / "docs" / "photo.png").write_bytes(b"\x89PNG")
+    found = discover([tmp_path / "docs"], exclude=["drafts"])
+    assert [f.source for f in found.files] == ["chess.txt", "espresso.md", "sub/deep.rst", "volcanoes.md"]
+    assert found.folder_roots == [(tmp_path / "docs").resolve()]
+    assert [(s.source, s.reason.split(" (")[0]) for s in found.skipped] == [("photo.png", "unsupported file type")]
+    only_md = discover([tmp_path / "docs"], include=["*.md"])
+    assert [f.source for f in only_md.files] == ["drafts/wip.md", "espresso.md", "volcanoes.md"]
+    # --include admits unknown types (read as text); a path pattern with a folder works too
+    assert [f.source for f in discover([tmp_path / "docs"], include=["sub/*"]).files] == ["sub/deep.rst"]
+
+
+def test_discover_files_and_globs_and_missing_paths(tmp_path):
+    write_topics(tmp_path)
+    found = discover([tmp_path / "chess.txt", str(tmp_path / "*.md")])
+    assert [(f.source, f.root) for f in found.files] == [
+        ("chess.txt", tmp_path.resolve()), ("espresso.md", tmp_path.resolve()), ("volcanoes.md", tmp_path.resolve())]
+    assert found.folder_roots == []  # no pruning scope for single files and patterns
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover([tmp_path / "nope"])
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        discover([str(tmp_path / "*.xyz")])
+
+
+def test_empty_folder_finds_nothing(tmp_path):
+    found = discover([tmp_path])
+    assert found.files == [] and found.skipped == [] and found.folder_roots == [tmp_path.resolve()]
+
+
+def test_symlinks_outside_root_and_loops_are_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    write_topics(outside)
+    root = tmp_path / "root"
+    write_topics(root)
+    os.symlink(outside, root / "ext-dir")
+    os.symlink(outside / "chess.txt", root / "ext-file.txt")
+    os.symlink(root, root / "loop")
+    (root / "inner").mkdir()
+    (root / "inner" / "note.md").write_text("inner note")
+    os.symlink(root / "inner", root / "inner-link")  # inside the root, already visited: not walked twice
+    os.symlink(root / "missing.md", root / "broken.md")
+    found = discover([root])
+    assert sorted(f.source for f in found.files) == ["chess.txt", "espresso.md", "inner/note.md", "volcanoes.md"]
+    reasons = {s.source: s.reason for s in found.skipped}
+    assert "outside the indexed root" in reasons["ext-dir"]
+    assert "outside the indexed root" in reasons["ext-file.txt"]
+    assert "symlink loop" in reasons["loop/"]
+    assert "broken symlink" in reasons["broken.md"]
+    assert not any(s.failed for s in found.skipped)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def test_loaders_markdown_html_pdf(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\nBody text.")
+    loaded = load_file(_ref(tmp_path / "a.md"))
+    assert isinstance(loaded, LoadedFile) and loaded.text == "# Title\n\nBody text." and len(loaded.file_hash) == 64
+    (tmp_path / "p.html").write_text(
+        "<html><head><title>Tea</title><style>p{color:red}</style><script>var x = 1;</script></head>"
+        "<body><h1>Green&nbsp;tea</h1><p>Brew at 80 &deg;C.</p><p>Steep   two\nminutes.</p></body></html>")
+    html = load_file(_ref(tmp_path / "p.html"))
+    assert html.text == "Tea\n\nGreen tea\n\nBrew at 80 °C.\n\nSteep two minutes."
+    assert "color" not in html.text and "var x" not in html.text
+    (tmp_path / "doc.pdf").write_bytes(text_pdf("Glaciers carve U-shaped valleys"))
+    assert load_file(_ref(tmp_path / "doc.pdf")).text == "Glaciers carve U-shaped valleys"
+    (tmp_path / "code.py").write_text("def f():\n    return 1\n")
+    assert load_file(_ref(tmp_path / "code.py")).text.startswith("def f()")
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02def")
+    (tmp_path / "empty.md").write_bytes(b"")
+    (tmp_path / "blank.md").write_text("   \n\n  ")
+    (tmp_path / "big.txt").write_text("word " * 500)
+    (tmp_path / "fake.pdf").write_text("not a pdf at all")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage")
+    (tmp_path / "only-script.html").write_text("<script>alert(1)</script>")
+    results = {p: load_file(_ref(tmp_path / p), max_file_mb=0.001) for p in
+               ["bin.txt", "empty.md", "blank.md", "big.txt", "fake.pdf", "broken.pdf", "only-script.html"]}
+    assert all(isinstance(r, Skip) for r in results.values())
+    assert results["bin.txt"].reason == "binary file" and not results["bin.txt"].failed
+    assert results["empty.md"].reason == "empty file" and results["blank.md"].reason == "empty file"
+    assert "larger than --max-file-mb 0.001" in results["big.txt"].reason
+    assert results["fake.pdf"].failed and "no %PDF header" in results["fake.pdf"].reason
+    assert results["broken.pdf"].failed and "could not read PDF" in results["broken.pdf"].reason
+    assert results["only-script.html"].reason == "no text content"
+
+
+def test_invalid_utf8_is_replaced_with_a_warning(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Café au lait: coffee with hot milk.".encode("latin-1"))
+    loaded = load_file(_ref(tmp_path / "latin1.txt"))
+    assert isinstance(loaded, LoadedFile)
+    assert loaded.text == "Caf\ufffd au lait: coffee with hot milk."
+    assert loaded.warnings == ["invalid UTF-8 (first bad byte at offset 3); 1 character(s) replaced with U+FFFD"]
+    (tmp_path / "utf16.txt").write_bytes("Grüße aus Köln".encode("utf-16"))  # BOM + NUL bytes: still text
+    assert load_file(_ref(tmp_path / "utf16.txt")).text == "Grüße aus Köln"
+
+
+def test_unreadable_file_is_a_failure_not_a_crash():
+    folder = Path(tempfile.mkdtemp(prefix="lganna-perm-"))
+    folder.chmod(0o755)  # traversable by the other user
+    path = folder / "secret.md"
+    path.write_text("classified")
+    path.chmod(0o000)
+    try:
+        with as_other_user():
+            result = load_file(_ref(path))
+        assert isinstance(result, Skip) and result.failed
+        assert result.reason == "cannot read: Permission denied"
+    finally:
+        path.chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------- chunking
+def _n_tokens(tokenizer, text):
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("which", ["minilm", "mistral"])
+def test_chunks_respect_size_overlap_spans_and_headings(which, request):
+    encoder = request.getfixturevalue(which)
+    sections = []
+    for i in range(6):
+        n = 20 if i == 2 else 4  # section 2 is too long for one chunk
+        body = " ".join(f"Sentence {j} of section {i} talks about topic {i} in some detail." for j in range(n))
+        sections.append(f"## Section {i}\n\n{body}")
+    text = "# Guide\n\n" + "\n\n".join(sections)
+    chunker = Chunker(encoder.tokenizer, size=96, overlap=20)
+    chunks = chunker.split(text)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for c in chunks:
+        assert text[c.start:c.end] == c.text and c.text == c.text.strip()
+        assert _n_tokens(encoder.tokenizer, c.text) <= 96 + 1
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    # cuts fall on sentence ends; a chunk that does not repeat its predecessor's tail starts at a heading
+    assert all(c.text.endswith("detail.") for c in chunks)
+    for a, b in zip(chunks, chunks[1:]):
+        if b.start >= a.end:
+            assert b.text.startswith("## Section")
+        else:  # overlap inside the long section, starting at a sentence
+            assert "section 2" in a.text and b.text.startswith("Sentence")
+    assert sum(b.start < a.end for a, b in zip(chunks, chunks[1:])) >= 2
+    assert sum(c.text.startswith("## Section") for c in chunks) >= 4
+    assert Chunker(encoder.tokenizer, 96, 20).split(text) == chunks  # deterministic
+    assert chunker.split("  \n\n ") == []
+
+
+def test_chunker_validates_settings(minilm):
+    with pytest.raises(ValueError, match="at least 8"):
+        Chunker(minilm.tokenizer, size=4)
+    with pytest.raises(ValueError, match="overlap must be between 0 and half"):
+        Chunker(minilm.tokenizer, size=64, overlap=40)
+
+
+def test_chunk_ids_are_deterministic_uuid5():
+    a = chunk_id("/docs/a.md", 0, "hello")
+    assert a == chunk_id("/docs/a.md", 0, "hello")
+    assert len({a, chunk_id("/docs/a.md", 1, "hello"), chunk_id("/docs/b.md", 0, "hello"),
+                chunk_id("/docs/a.md", 0, "hello!")}) == 4
+    assert a[14] == "5"  # UUID version 5
+
+
+def test_html_to_text_keeps_title_and_paragraphs():
+    assert html_to_text("<title>T</title><div>a<br>b</div><noscript>x</noscript>") == "T\n\na\n\nb"
