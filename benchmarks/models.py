@@ -8,7 +8,6 @@ data are both part of the key and re-runs are cheap.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 
 from lganna_rag.integrations.mteb import LGAnnaMTEBModel
+from lganna_rag.training.model import WORDLLAMA_TABLE, WORDLLAMA_TOKENIZER, wordllama_dir
 
 #: Where cached embeddings live (ignored by git).
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
@@ -97,8 +97,8 @@ class WordLlamaStatic(AbsEncoder):
         from tokenizers import Tokenizer
 
         root = wordllama_dir()
-        self.table = load_file(str(root / "weights" / "l2_supercat_256.safetensors"))["embedding.weight"][:, :dim].astype(np.float32)
-        self.tokenizer = Tokenizer.from_file(str(root / "tokenizers" / "l2_supercat_tokenizer_config.json"))
+        self.table = load_file(str(root / WORDLLAMA_TABLE))["embedding.weight"][:, :dim].astype(np.float32)
+        self.tokenizer = Tokenizer.from_file(str(root / WORDLLAMA_TOKENIZER))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.mteb_model_meta = ModelMeta(
@@ -120,14 +120,6 @@ class WordLlamaStatic(AbsEncoder):
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
         """mteb encoder protocol: embed every text of the data loader."""
         return self.embed([t for batch in inputs for t in batch["text"]])
-
-
-def wordllama_dir() -> Path:
-    """Folder of the installed ``wordllama`` package (weights and tokenizer files)."""
-    spec = importlib.util.find_spec("wordllama")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the 'wordllama' baseline needs: pip install wordllama (or lganna-rag[bench])")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm", batch_size: int = 32) -> Any:
