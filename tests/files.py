@@ -1,4 +1,4 @@
-"""Helpers that build real test inputs: a minimal text PDF, folders of documents, a non-root reader."""
+"""Test helpers: real inputs (a text PDF, folders of documents), a non-root reader, store snapshots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import contextlib
 import os
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import numpy as np
 
 TOPICS = {
     "volcanoes.md": "# Volcanoes\n\nMagma rises through the crust and erupts as lava, ash and volcanic gas. "
@@ -74,3 +76,24 @@ def as_other_user() -> Iterator[None]:
         yield
     finally:
         os.seteuid(0)
+
+
+def snapshot(index: Any) -> dict[str, tuple[dict, np.ndarray]]:
+    """Every point of an edge collection: id -> (payload, dense vector), read straight from the shard."""
+    import qdrant_edge as qe
+
+    shard = index.backend._open()
+    out, offset = {}, None
+    while True:
+        records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=["dense"]))
+        for r in records:
+            out[str(r.id)] = (dict(r.payload), np.asarray(r.vector["dense"], dtype=np.float32))
+        if offset is None:
+            return out
+
+
+def assert_same_points(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for pid in a:
+        assert a[pid][0] == b[pid][0]
+        np.testing.assert_allclose(a[pid][1], b[pid][1], atol=1e-5)

@@ -7,10 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from files import as_other_user, text_pdf, write_corpus, write_topics
+from files import as_other_user, assert_same_points, snapshot, text_pdf, write_corpus, write_topics
 from lganna_rag.index import CollectionNotFoundError, Index, ModelMismatchError, model_metadata
 from lganna_rag.stores import IndexStoreError
 
@@ -37,27 +36,6 @@ KEYWORDS = {
     "Japan Rail Pass Shinkansen": "travel/japan-rail-pass.md",
     "sourdough starter hydration": "sourdough.md",
 }
-
-
-def snapshot(index: Index) -> dict[str, tuple[dict, np.ndarray]]:
-    """Every point of an edge collection: id -> (payload, dense vector), read straight from the shard."""
-    import qdrant_edge as qe
-
-    shard = index.backend._open()
-    out, offset = {}, None
-    while True:
-        records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=["dense"]))
-        for r in records:
-            out[str(r.id)] = (dict(r.payload), np.asarray(r.vector["dense"], dtype=np.float32))
-        if offset is None:
-            return out
-
-
-def assert_same_points(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for pid in a:
-        assert a[pid][0] == b[pid][0]
-        np.testing.assert_allclose(a[pid][1], b[pid][1], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
