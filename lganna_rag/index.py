@@ -233,11 +233,14 @@ class Index:
         self._model = str(model) if model is not None else None
         self._encoder = encoder
         self._sparse: SparseEncoder | None = None
+        self._chunker: Chunker | None = None
         if recreate:
             self.backend.drop()
         self._meta = self.backend.metadata()
         if self._meta is not None and encoder is not None:
             self._check_model(model_metadata(encoder))
+        elif self._meta is not None and self._model is not None and self._model != self._meta["model"]["name"]:
+            self._check_model({"name": self._model})  # fail before loading the model
 
     # -------------------------------------------------------------- model
     @property
@@ -268,9 +271,10 @@ class Index:
         if theirs is None:
             return
         if any(theirs.get(k) != mine.get(k) for k in _MODEL_KEYS):
+            given = _describe_model(mine) if "dimension" in mine else f"vectors from model {mine['name']!r}"
             raise ModelMismatchError(
                 f"collection {self.collection!r} in {self.backend.describe()} holds {_describe_model(theirs)}; "
-                f"the model given makes {_describe_model(mine)}. Use --model {theirs.get('name')} (Index(model=...)) "
+                f"the model given makes {given}. Use --model {theirs.get('name')} (Index(model=...)) "
                 f"with this collection, pick another collection (--collection NEW), or rebuild it with --recreate."
             )
 
@@ -360,26 +364,36 @@ class Index:
         self.backend.flush()
         return point_ids
 
-    def _chunker(self, chunk_size: int | None, overlap: int | None) -> Chunker:
+    def _chunking(self, chunk_size: int | None, overlap: int | None) -> dict[str, int]:
+        """Chunk settings: the collection's (given values must equal them), else the given ones or the
+        defaults within the model's limit. Only a new collection needs the model loaded here."""
+        saved = (self._meta or {}).get("chunking")
+        if saved:
+            for name, key, given in (("chunk size", "size", chunk_size), ("overlap", "overlap", overlap)):
+                if given is not None and saved[key] != given:
+                    raise IndexStoreError(
+                        f"collection {self.collection!r} was built with {name} {saved[key]}; pass the same value "
+                        f"(or leave it out), or rebuild the collection with --recreate"
+                    )
+            return {"size": saved["size"], "overlap": saved["overlap"]}
         enc = self.encoder
-        saved = (self._meta or {}).get("chunking") or {}
         specials = len(enc.tokenize([""])[0][0])
         limit = enc.config.max_length - specials - 2
-        for name, given in (("chunk size", chunk_size), ("overlap", overlap)):
-            key = "size" if name == "chunk size" else "overlap"
-            if given is not None and key in saved and saved[key] != given:
-                raise IndexStoreError(
-                    f"collection {self.collection!r} was built with {name} {saved[key]}; pass the same value "
-                    f"(or leave it out), or rebuild the collection with --recreate"
-                )
-        size = chunk_size if chunk_size is not None else saved.get("size", min(DEFAULT_CHUNK_SIZE, limit))
+        size = chunk_size if chunk_size is not None else min(DEFAULT_CHUNK_SIZE, limit)
         if size > limit:
             raise ValueError(
                 f"chunk size {size} is more than model {enc.name!r} can embed ({enc.config.max_length} tokens "
                 f"including {specials} special); use a chunk size of at most {limit}"
             )
-        ov = overlap if overlap is not None else saved.get("overlap", min(DEFAULT_OVERLAP, size // 4))
-        return Chunker(enc.tokenizer, size, ov)
+        ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, size // 4)
+        self._chunker = Chunker(enc.tokenizer, size, ov)  # validates the pair
+        return {"size": size, "overlap": ov}
+
+    def _get_chunker(self, chunking: dict[str, int]) -> Chunker:
+        """A chunker with these settings (loads the model on first use)."""
+        if self._chunker is None or (self._chunker.size, self._chunker.overlap) != (chunking["size"], chunking["overlap"]):
+            self._chunker = Chunker(self.encoder.tokenizer, chunking["size"], chunking["overlap"])
+        return self._chunker
 
     def _file_state(self, roots: Iterable[Path]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
         """Existing points of the given roots: ``{(root, source): {id: payload fields}}``."""
@@ -416,8 +430,7 @@ class Index:
         t_start = time.perf_counter()
         report = IndexReport()
         found = discover(paths, include, exclude)
-        chunker = self._chunker(chunk_size, overlap)
-        chunking = {"size": chunker.size, "overlap": chunker.overlap}
+        chunking = self._chunking(chunk_size, overlap)
         if self._meta is not None and self._meta.get("chunking") is None:
             self._ensure_collection([], chunking)
         state = self._file_state([f.root for f in found.files] + found.folder_roots +
@@ -472,7 +485,7 @@ class Index:
                 if _is_complete(existing, loaded.file_hash):
                     report.unchanged.append(ref.source)
                 else:
-                    self._plan_file(ref, loaded, existing, chunker, batch, pending, report)
+                    self._plan_file(ref, loaded, existing, self._get_chunker(chunking), batch, pending, report)
                     if pending[key]["remaining"] == 0:
                         finish(key)
             prog.files_done += 1

@@ -252,9 +252,12 @@ class _HTMLText(HTMLParser):
 
     def text(self) -> str:
         """The collected text, whitespace collapsed within paragraphs."""
-        paragraphs = re.split(r"\n\s*\n", "".join(self.parts))
-        cleaned = (re.sub(r"\s+", " ", p).strip() for p in paragraphs)
-        return "\n\n".join(p for p in cleaned if p)
+        out: list[str] = []
+        for p in re.split(r"\n\s*\n", "".join(self.parts)):
+            p = re.sub(r"\s+", " ", p).strip()
+            if p and (not out or p != out[-1]):  # e.g. a <title> repeated by the first <h1>
+                out.append(p)
+        return "\n\n".join(out)
 
 
 def html_to_text(html: str) -> str:
