@@ -41,7 +41,7 @@ class LazyGroup(click.Group):
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"bench": "lganna_rag.benchmarks.cli:bench"},
+    lazy_subcommands={"bench": "lganna_rag.benchmarks.cli:bench", "train": "lganna_rag.training.cli:train"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
 )
 @click.version_option(package_name="lganna-rag")

@@ -36,3 +36,97 @@ def test_student_loads_in_sentence_transformers(tmp_path):
     st = SentenceTransformer(str(out), device="cpu")
     ours = LGAnnaEncoder.from_pretrained(out).encode(SENTENCES)
     np.testing.assert_allclose(st.encode(SENTENCES, normalize_embeddings=True), ours, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- the trainer
+def _tiny_config(tmp_path, **kw):
+    from lganna_rag.training.model import StudentConfig
+    from lganna_rag.training.teachers import TeacherConfig
+    from lganna_rag.training.trainer import MiningConfig, TrainConfig
+
+    base = dict(
+        name="tiny", output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path.parent / "teacher-cache"), seed=3,
+        student=StudentConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                              intermediate_size=128, pooling="last"),
+        sources=["msrp.jsonl", "trecqa.jsonl"], max_examples_per_source=48, dev_examples_per_source=5,
+        max_length=64, teacher=TeacherConfig(n_candidates=8), mining=MiningConfig(k=2),
+        steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, save_every=10, dev_sts_pairs=100,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_decreases_loss_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from lganna_rag.training.trainer import train
+
+    full = train(_tiny_config(tmp_path / "a"), progress=False)
+    assert full["steps"] == 20 and len(full["losses"]) == 20
+    assert np.mean(full["losses"][-5:]) < np.mean(full["losses"][:5])
+    assert full["best"] is not None and (tmp_path / "a" / "run" / "best" / "lganna.json").is_file()
+
+    cfg = _tiny_config(tmp_path / "b")
+    first = train(cfg, max_steps=10, progress=False)
+    second = train(cfg, progress=False)  # resumes from the step-10 checkpoint
+    assert first["steps"] == 10 and second["steps"] == 20
+    np.testing.assert_allclose(second["losses"], full["losses"][10:], rtol=1e-5)
+    wa = load_file(str(tmp_path / "a" / "run" / "checkpoint" / "trainable.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "run" / "checkpoint" / "trainable.safetensors"))
+    for name in wa:
+        np.testing.assert_allclose(wa[name].numpy(), wb[name].numpy(), atol=1e-6)
+
+    # the exported model serves through the normal loader, with provenance
+    best = LGAnnaEncoder.from_pretrained(tmp_path / "a" / "run" / "best")
+    assert best.config.provenance["teacher"]["stage2"].startswith("fusion")
+    assert best.encode_queries(["what is a paraphrase?"], task="MSRP").shape == (64,)
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """DDP smoke test: 2 processes, gloo backend, 4 steps of the same trainer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {
+        "name": "ddp", "output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path.parent / "teacher-cache"), "seed": 3,
+        "student": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+                    "intermediate_size": 128, "pooling": "last"},
+        "sources": ["msrp.jsonl", "trecqa.jsonl"], "max_examples_per_source": 48, "dev_examples_per_source": 5,
+        "max_length": 64, "teacher": {"n_candidates": 8}, "mining": {"k": 2}, "steps": 4, "batch_size": 8,
+        "eval_every": 4, "save_every": 4, "dev_sts_pairs": 50,
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lganna_rag.training.trainer", str(path)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and (tmp_path / "run" / "checkpoint" / "trainable.safetensors").is_file()
+
+
+def test_7b_lora_config_builds_peft_model_on_tiny_mistral(mistral_dir):
+    import torch
+
+    from lganna_rag.training.cli import resolve_config
+    from lganna_rag.training.trainer import build_encoder, load_config
+
+    cfg = load_config(resolve_config("configs/mistral-7b-lora.yaml"), base_model=str(mistral_dir))
+    assert cfg.lora.r == 16 and cfg.dtype == "bfloat16" and cfg.gradient_checkpointing
+    enc = build_encoder(cfg)
+    from peft import PeftModel
+
+    assert isinstance(enc.model, PeftModel)
+    trainable = {n for n, p in enc.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("down_proj" in n for n in trainable) and any("q_proj" in n for n in trainable)
+    ids, _ = enc.tokenize(["Instruct: find\\nQuery: a test", "a document"], 32)
+    vec = enc.embed(enc.collate(ids))
+    assert vec.dtype == torch.float32 and vec.shape == (2, 64)
+    vec.sum().backward()
+    assert all(p.grad is not None for n, p in enc.model.named_parameters() if p.requires_grad)
