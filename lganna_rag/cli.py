@@ -104,6 +104,8 @@ def _errors() -> Iterator[None]:
         if isinstance(exc, (CollectionNotFoundError, ModelMismatchError)):
             raise click.UsageError(str(exc)) from None
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the store folder is not writable
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
 
 
 def _open_index(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,

@@ -314,10 +314,12 @@ class Index:
         self._meta = meta
 
     # -------------------------------------------------------------- writing
-    def _write(self, ids: Sequence[str], texts: Sequence[str], payloads: Sequence[dict[str, Any]]) -> float:
-        """Encode and upsert one batch; returns the seconds spent in the dense encoder."""
+    def _write(self, ids: Sequence[str], texts: Sequence[str], payloads: Sequence[dict[str, Any]],
+               dense: np.ndarray | None = None) -> float:
+        """Encode (unless ``dense`` is given) and upsert one batch; returns the seconds spent in the dense encoder."""
         t0 = time.perf_counter()
-        dense = self.encoder.encode_documents(list(texts), batch_size=self.batch_size, show_progress_bar=False)
+        if dense is None:
+            dense = self.encoder.encode_documents(list(texts), batch_size=self.batch_size, show_progress_bar=False)
         seconds = time.perf_counter() - t0
         sparse = self.sparse.documents(texts)
         self.backend.upsert(list(zip(ids, dense, sparse, payloads)))
@@ -328,16 +330,22 @@ class Index:
         texts: Sequence[str],
         metadatas: Sequence[dict[str, Any]] | None = None,
         ids: Sequence[str | int] | None = None,
+        vectors: np.ndarray | None = None,
     ) -> list[str]:
         """Embed and store ``texts`` as they are (no chunking); returns their point ids.
 
         ``metadatas`` become payload fields. ``ids`` that are not UUIDs are mapped to UUIDv5 and kept
         in the payload as ``doc_id``; without ids, a text's id is derived from its content and metadata,
-        so adding the same text twice stores it once.
+        so adding the same text twice stores it once. ``vectors`` are ready document vectors from this
+        collection's model (e.g. from ``lganna-rag embed``); without them the texts are encoded here.
         """
         from .encoder import check_texts
 
         texts = check_texts(texts)
+        if vectors is not None:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.shape != (len(texts), self.encoder.dimension):
+                raise ValueError(f"vectors have shape {vectors.shape}; expected ({len(texts)}, {self.encoder.dimension})")
         if metadatas is not None and len(metadatas) != len(texts):
             raise ValueError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
         if ids is not None and len(ids) != len(texts):
@@ -360,8 +368,10 @@ class Index:
         self._ensure_collection(texts[:WRITE_BATCH], None)
         for start in range(0, len(texts), WRITE_BATCH):
             end = start + WRITE_BATCH
-            self._write(point_ids[start:end], texts[start:end], payloads[start:end])
+            self._write(point_ids[start:end], texts[start:end], payloads[start:end],
+                        vectors[start:end] if vectors is not None else None)
         self.backend.flush()
+        self.backend.optimize()
         return point_ids
 
     def _chunking(self, chunk_size: int | None, overlap: int | None) -> dict[str, int]:

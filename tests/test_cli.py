@@ -111,6 +111,13 @@ def test_unreachable_url_exits_1_with_a_clear_message(cli):
     assert result.exit_code == 1 and "did not answer within 1 s" in result.output and "QDRANT_URL" in result.output
 
 
+def test_unwritable_store_exits_1_with_a_clear_message(cli, tmp_path):
+    docs = write_topics(tmp_path / "docs")
+    (tmp_path / "afile").write_text("")
+    result = cli("index", str(docs), store=tmp_path / "afile" / "store")
+    assert result.exit_code == 1 and "Not a directory" in result.output and "Traceback" not in result.output
+
+
 def test_search_with_task_instruction_and_examples_file(cli, tmp_path, mistral):
     docs = write_topics(tmp_path / "docs")
     cli("index", str(docs))

@@ -255,6 +255,12 @@ def test_add_texts_ids_delete_and_count(mistral, tmp_path):
             index.delete()
         with pytest.raises(TypeError, match=r"texts\[1\] is int"):
             index.add_texts(["ok", 3])
+        vec = mistral.encode_documents(["ready-made vector"])
+        (pid,) = index.add_texts(["ready-made vector"], vectors=vec)
+        hit = index.search_by_vector(vec[0], k=1)[0]
+        assert hit.id == pid and hit.score == pytest.approx(1.0, abs=1e-5)
+        with pytest.raises(ValueError, match=r"vectors have shape \(1, 3\); expected \(1, 64\)"):
+            index.add_texts(["x"], vectors=[[0.1, 0.2, 0.3]])
 
 
 def test_delete_by_path(mistral, tmp_path):
