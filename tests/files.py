@@ -97,3 +97,14 @@ def assert_same_points(a: dict, b: dict) -> None:
     for pid in a:
         assert a[pid][0] == b[pid][0]
         np.testing.assert_allclose(a[pid][1], b[pid][1], atol=1e-5)
+
+
+def assert_matches_clean_run(index: Any, docs: Path, encoder: Any, clean_store: Path, **settings: Any) -> None:
+    """Close ``index`` and check it holds exactly the points a fresh index of ``docs`` holds."""
+    from lganna_rag.index import Index
+
+    state = snapshot(index)
+    index.close()
+    with Index(clean_store, encoder=encoder) as clean:
+        clean.add_files([docs], **settings)
+        assert_same_points(state, snapshot(clean))

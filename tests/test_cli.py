@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from files import assert_same_points, snapshot, write_corpus, write_topics
+from files import assert_matches_clean_run, assert_same_points, snapshot, write_corpus, write_topics
 from lganna_rag.cli import main
 from lganna_rag.index import Index
 
@@ -228,14 +228,11 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(mistral, mistral_dir, tmp_
     _wait_for_batches(proc, 1)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    with Index(store, encoder=mistral) as index:
-        assert _partial_files(index)  # a file holding chunks of two versions
-        report = index.add_files([docs])
-        assert not report.interrupted and report.chunks_reused > 0 and report.pruned == ["doc004.md", "doc008.md"]
-        state = snapshot(index)
-    with Index(tmp_path / "clean2", encoder=mistral) as clean:
-        clean.add_files([docs], chunk_size=16, overlap=2)
-        assert_same_points(state, snapshot(clean))
+    index = Index(store, encoder=mistral)
+    assert _partial_files(index)  # a file holding chunks of two versions
+    report = index.add_files([docs])
+    assert not report.interrupted and report.chunks_reused > 0 and report.pruned == ["doc004.md", "doc008.md"]
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean2", chunk_size=16, overlap=2)
 
 
 def test_ctrl_c_stops_after_the_current_batch_and_exits_130(mistral, mistral_dir, tmp_path):
@@ -250,11 +247,8 @@ def test_ctrl_c_stops_after_the_current_batch_and_exits_130(mistral, mistral_dir
     assert "Stopping after the current batch" in err and "Run the same command again" in err
     summary = json.loads(out)
     assert summary["interrupted"] is True and 0 < summary["chunks_written"] == summary["chunks_total"]
-    with Index(store, encoder=mistral) as index:
-        report = index.add_files([docs])
-        assert not report.interrupted and report.chunks_reused + report.chunks_written + sum(
-            index.count(where={"source": s}) for s in report.unchanged) == index.count()
-        state = snapshot(index)
-    with Index(tmp_path / "clean", encoder=mistral) as clean:
-        clean.add_files([docs], chunk_size=16, overlap=2)
-        assert_same_points(state, snapshot(clean))
+    index = Index(store, encoder=mistral)
+    report = index.add_files([docs])
+    assert not report.interrupted and report.chunks_reused + report.chunks_written + sum(
+        index.count(where={"source": s}) for s in report.unchanged) == index.count()
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=16, overlap=2)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from files import as_other_user, assert_same_points, snapshot, text_pdf, write_corpus, write_topics
+from files import as_other_user, assert_matches_clean_run, text_pdf, write_corpus, write_topics
 from lganna_rag.index import CollectionNotFoundError, Index, ModelMismatchError, model_metadata
 from lganna_rag.stores import IndexStoreError
 
@@ -102,13 +102,7 @@ def test_incremental_runs_converge_to_a_clean_run(mistral, tmp_path):
     changed = index.add_files([docs])
     assert changed.indexed == [] and changed.pruned == ["doc002.md"]
     assert index.count(where={"source": "doc002.md"}) == 0
-    state = snapshot(index)
-    index.close()
-
-    clean = Index(tmp_path / "clean", encoder=mistral)
-    clean.add_files([docs], chunk_size=32, overlap=4)
-    assert_same_points(state, snapshot(clean))
-    clean.close()
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=32, overlap=4)
 
 
 def test_stopped_run_resumes_to_the_clean_result(mistral, tmp_path, monkeypatch):
@@ -125,12 +119,7 @@ def test_stopped_run_resumes_to_the_clean_result(mistral, tmp_path, monkeypatch)
     # nothing is encoded twice: complete files are unchanged, the partly written one is finished
     assert not resumed.interrupted and resumed.unchanged and resumed.chunks_reused > 0
     assert resumed.chunks_written == index.count() - partial
-    state = snapshot(index)
-    index.close()
-    clean = Index(tmp_path / "clean", encoder=mistral)
-    clean.add_files([docs], chunk_size=24, overlap=4)
-    assert_same_points(state, snapshot(clean))
-    clean.close()
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=24, overlap=4)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
