@@ -77,6 +77,7 @@ def measure_overhead(encoder: LGAnnaEncoder, n_docs: int, workdir: Path) -> dict
     encoder.encode_documents(texts[:64])  # warm-up
 
     def encode_rate() -> float:
+        """Chunks/s of one ``encode_documents`` call on all chunk texts."""
         t0 = time.perf_counter()
         encoder.encode_documents(texts, batch_size=32)
         return len(texts) / (time.perf_counter() - t0)
@@ -183,7 +184,8 @@ def measure_latency(encoder: LGAnnaEncoder, texts: list[str], vectors: np.ndarra
 # ---------------------------------------------------------------------------------------------- report
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
-    lines = [f"# Index benchmarks ({results['model']}, {results['machine']})", ""]
+    lines = [f"# Index benchmarks ({results['model']}, {results['machine']}, {results['torch_threads']} torch "
+             f"threads, load average at start {results['load_average_at_start'][0]})", ""]
     if "overhead" in results:
         o = results["overhead"]
         lines += ["## Indexing vs raw encoding (same chunk texts, same process)", "",
@@ -218,14 +220,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--overhead-docs", type=int, default=600)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "index_bench.json")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
-    encoder = LGAnnaEncoder.from_pretrained(args.model)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = LGAnnaEncoder.from_pretrained(args.model)
+
     results: dict[str, Any] = {
-        "model": encoder.name, "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {platform.machine()}",
+        "model": encoder.name, "torch_threads": torch.get_num_threads(),
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {platform.machine()}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

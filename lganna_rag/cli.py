@@ -175,6 +175,7 @@ def _graceful_sigint(console: Any) -> Iterator[Callable[[], bool]]:
     state = {"stop": False}
 
     def handler(signum: int, frame: Any) -> None:
+        """SIGINT: ask to stop; the second time, abort."""
         if state["stop"]:
             raise KeyboardInterrupt
         state["stop"] = True
@@ -274,6 +275,7 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
         return
     if not console.is_terminal:
         def log(p: "IndexProgress") -> None:
+            """One line per written batch."""
             if p.event == "batch":
                 console.print(f"wrote {p.chunks_written} chunks ({p.files_done}/{p.files_total} files, "
                               f"{p.chunks_per_second:.1f} chunks/s)", highlight=False)
@@ -289,6 +291,7 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
         task = bar.add_task("index", total=None, chunks=0, rate=0.0, current="")
 
         def update(p: "IndexProgress") -> None:
+            """Move the bar."""
             bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_written,
                        rate=p.chunks_per_second, current=p.current[-40:])
 

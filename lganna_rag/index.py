@@ -454,6 +454,7 @@ class Index:
         pending: dict[tuple[str, str], dict[str, Any]] = {}
 
         def finish(key: tuple[str, str]) -> None:
+            """All new chunks of a file are written: update moved chunks, then delete stale ones."""
             job = pending.pop(key)
             for pid, fields in job["repayload"]:
                 self.backend.set_payload(pid, fields)

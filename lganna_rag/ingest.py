@@ -231,6 +231,7 @@ class _HTMLText(HTMLParser):
         self.in_title = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Enter hidden elements; block elements start a paragraph."""
         if tag == "title":
             self.in_title = True
         elif tag in self.HIDDEN:
@@ -239,6 +240,7 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_endtag(self, tag: str) -> None:
+        """Leave hidden elements; block elements end a paragraph."""
         if tag == "title":
             self.in_title = False
         elif tag in self.HIDDEN:
@@ -247,6 +249,7 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
+        """Keep visible text (and the title)."""
         if self.in_title or not self.hidden:
             self.parts.append(data)
 
