@@ -103,39 +103,36 @@ class EdgeBackend:
         os.replace(tmp, self.meta_file)
 
     def create(self, meta: dict[str, Any]) -> None:
-        """Create the collection (metadata first, then the shard with its payload indexes)."""
+        """Create the collection: the metadata first (atomically), then the shard with its payload indexes."""
         self._write_meta(meta)
-        self._open(create_dim=int(meta["model"]["dimension"]))
+        self._open()
 
     def update_metadata(self, meta: dict[str, Any]) -> None:
         """Replace the collection metadata (atomically)."""
         self._write_meta(meta)
 
-    def _open(self, create_dim: int | None = None) -> Any:
+    def _open(self) -> Any:
         if self._shard is not None:
             return self._shard
         import qdrant_edge as qe
 
         shard_dir = self.dir / "shard"
+        segments = shard_dir / "segments"
         try:
-            if create_dim is not None and not (shard_dir / "edge_config.json").exists():
-                config = qe.EdgeConfig(
-                    vectors={DENSE: qe.EdgeVectorParams(size=create_dim, distance=qe.Distance.Cosine)},
-                    sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-                )
-                if shard_dir.exists():  # left over from a run killed while creating it
+            if not (shard_dir / "edge_config.json").exists() and not (segments.is_dir() and any(segments.iterdir())):
+                # a new collection, or one whose creation was interrupted: create the (empty) shard
+                meta = self.metadata()
+                if meta is None:
+                    raise IndexStoreError(f"collection {self.collection!r} does not exist in {self.root}")
+                if shard_dir.exists():
                     shutil.rmtree(shard_dir)
-                shard = qe.EdgeShard.create(str(shard_dir), config)
-                for key in ("source", "root"):
-                    shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
-                shard.flush()
+                dense = qe.EdgeVectorParams(size=int(meta["model"]["dimension"]), distance=qe.Distance.Cosine)
+                shard = qe.EdgeShard.create(str(shard_dir), qe.EdgeConfig(
+                    vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
             else:
-                if not shard_dir.is_dir():
-                    raise IndexStoreError(
-                        f"the store at {self.dir} is corrupted: collection.json exists but the shard folder is "
-                        f"missing; rebuild it with --recreate"
-                    )
                 shard = qe.EdgeShard.load(str(shard_dir))
+            for key in sorted({"source", "root"} - set(shard.info().payload_schema)):
+                shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
         except IndexStoreError:
             raise
         except Exception as exc:  # the Rust engine raises plain Exception with a message
@@ -318,13 +315,23 @@ class ClientBackend:
         """The collection's metadata, or ``None`` if it does not exist."""
         if not self.client.collection_exists(self.collection):
             return None
-        meta = self.client.get_collection(self.collection).config.metadata or {}
+        info = self.client.get_collection(self.collection)
+        meta = info.config.metadata or {}
         if "lganna" not in meta:
             raise IndexStoreError(
                 f"collection {self.collection!r} on {self.url} was not made by lganna-rag (no model metadata); "
                 f"choose another --collection"
             )
+        self._ensure_payload_indexes(set(info.payload_schema or {}))
         return meta["lganna"]
+
+    def _ensure_payload_indexes(self, present: set[str]) -> None:
+        from qdrant_client import models
+
+        with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+            warnings.simplefilter("ignore")
+            for key in sorted({"source", "root"} - present):
+                self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
 
     def create(self, meta: dict[str, Any]) -> None:
         """Create the collection with dense + sparse (IDF) vectors and keyword indexes on source and root."""
@@ -336,10 +343,7 @@ class ClientBackend:
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata={"lganna": meta},
         )
-        with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
-            warnings.simplefilter("ignore")
-            for key in ("source", "root"):
-                self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+        self._ensure_payload_indexes(set())
 
     def update_metadata(self, meta: dict[str, Any]) -> None:
         """Replace the collection metadata."""

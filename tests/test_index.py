@@ -214,6 +214,15 @@ def test_corrupted_store_is_reported_and_recreate_fixes_it(mistral, tmp_path):
         Index(tmp_path / "store", encoder=mistral).count()
     with Index(tmp_path / "store", encoder=mistral, recreate=True) as index:
         assert index.add_files([docs]).indexed and index.count() > 0
+    n = index.count()
+    # a run killed between writing collection.json and creating the shard: the next run creates it
+    shutil.rmtree(tmp_path / "store" / "default" / "shard")
+    with Index(tmp_path / "store", encoder=mistral) as index:
+        assert len(index.add_files([docs]).indexed) == 3 and index.count() == n
+        assert set(index.backend._open().info().payload_schema) == {"source", "root"}
+    meta.unlink()  # a shard without its description is not guessed at
+    with pytest.raises(IndexStoreError, match="has a shard but no collection.json"):
+        Index(tmp_path / "store", encoder=mistral)
 
 
 def test_store_in_use_by_another_process_is_a_clear_error(mistral, tmp_path):
