@@ -84,7 +84,7 @@ def validation_markdown(minilm: dict[str, Any]) -> str:
 def speed_markdown(speed: dict[str, Any]) -> str:
     """Encoder and vector-store tables from ``speed.json``."""
     lines = [
-        f"Machine ceiling: {speed['matmul_gflops']:.1f} GFLOP/s (float32 matmul, {speed['cpu_threads']} threads). "
+        f"Machine ceiling: {speed['matmul_gflops']:.1f} GFLOP/s (float32 matmul, torch threads: {speed['cpu_threads']}). "
         f"{speed['texts']} real texts (STSBenchmark sentences + SciFact abstracts).",
         "",
         "| model | texts/s | tokens/s | texts/s vs MiniLM | tokens/s vs MiniLM | time to first embedding (s) | peak RSS (MB) | achieved GFLOP/s | fraction of ceiling |",
@@ -139,7 +139,8 @@ def plot(results: dict[str, dict[str, Any]], speed: dict[str, Any] | None, out_d
                 ax.scatter(r["texts_per_s"], q, s=60)
                 ax.annotate(m, (r["texts_per_s"], q), textcoords="offset points", xytext=(6, 4))
         ax.set_xscale("log")
-        ax.set_xlabel("encode throughput (texts/s, 2 CPU cores, log scale)")
+        threads = speed["cpu_threads"]
+        ax.set_xlabel(f"encode throughput (texts/s, {threads} CPU thread{'s' if threads != 1 else ''}, log scale)")
         ax.set_ylabel("mean of task-type means")
         ax.set_title("Quality vs speed")
         fig.tight_layout()
