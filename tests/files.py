@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pytest
 
 TOPICS = {
     "volcanoes.md": "# Volcanoes\n\nMagma rises through the crust and erupts as lava, ash and volcanic gas. "
@@ -63,6 +64,21 @@ def write_corpus(folder: Path, n_files: int, words: int, seed: int = 0, vocab: l
             paragraphs.append(" ".join(rng.choice(vocab) for _ in range(60)) + ".")
         (folder / f"doc{i:03d}.md").write_text(f"# Document {i}\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run a test module with one torch thread (import this fixture into the module to use it).
+
+    The models in these tests are small; on a busy machine, oversubscribed intra-op threads make them
+    several times slower than a single thread.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from files import assert_matches_clean_run, assert_same_points, snapshot, write_corpus, write_topics
+from files import one_thread  # noqa: F401  (autouse: one torch thread)
 from lganna_rag.cli import main
 from lganna_rag.index import Index
 
@@ -173,7 +174,7 @@ def test_demo_question_through_the_cli_with_minilm(tmp_path, minilm):
 # ---------------------------------------------------------------------------------------------- crash safety
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lganna_rag.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _wait_for_batches(proc: subprocess.Popen, n: int) -> list[str]:
@@ -194,8 +195,9 @@ def _partial_files(index: Index) -> list[str]:
 
 
 def test_kill_9_mid_run_then_rerun_equals_a_clean_run(mistral, mistral_dir, tmp_path):
-    # 24 files of ~20 chunks: the first 256-chunk batch ends inside doc012.md
-    docs = write_corpus(tmp_path / "docs", n_files=24, words=160, seed=1)
+    # 64 files of ~20 chunks (5 batches, so the kill lands well before the end); the first 256-chunk batch
+    # ends inside doc012.md
+    docs = write_corpus(tmp_path / "docs", n_files=64, words=160, seed=1)
     store = tmp_path / "store"
     args = ["index", str(docs), "--path", str(store), "--model", str(mistral_dir), "--chunk-size", "16", "--overlap", "2"]
     with Index(tmp_path / "clean", encoder=mistral) as clean:
@@ -216,7 +218,7 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(mistral, mistral_dir, tmp_
 
     # 2. most files changed (every chunk id changes), two deleted, three added; the run replacing them is
     #    killed after its first batch, leaving files with old and new chunks side by side
-    for i in range(24):
+    for i in range(64):
         if i % 4:
             path = docs / f"doc{i:03d}.md"
             path.write_text(path.read_text().replace("\n\n", "\n\nAn inserted paragraph shifts every chunk.\n\n", 1))
@@ -236,7 +238,7 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(mistral, mistral_dir, tmp_
 
 
 def test_ctrl_c_stops_after_the_current_batch_and_exits_130(mistral, mistral_dir, tmp_path):
-    docs = write_corpus(tmp_path / "docs", n_files=24, words=160, seed=3)
+    docs = write_corpus(tmp_path / "docs", n_files=64, words=160, seed=3)
     store = tmp_path / "store"
     proc = _start(["index", str(docs), "--path", str(store), "--model", str(mistral_dir), "--chunk-size", "16",
                    "--overlap", "2", "--json"])

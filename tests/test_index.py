@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from files import as_other_user, assert_matches_clean_run, text_pdf, write_corpus, write_topics
+from files import one_thread  # noqa: F401  (autouse: one torch thread)
 from lganna_rag.index import CollectionNotFoundError, Index, ModelMismatchError, model_metadata
 from lganna_rag.stores import IndexStoreError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from files import as_other_user, text_pdf, write_topics
+from files import one_thread  # noqa: F401  (autouse: one torch thread)
 from lganna_rag.ingest import Chunker, FileRef, LoadedFile, Skip, chunk_id, discover, html_to_text, load_file
 
 

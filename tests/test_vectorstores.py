@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from files import one_thread  # noqa: F401  (autouse: one torch thread)
 from lganna_rag.ingest import Chunker, discover, load_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "docs"
