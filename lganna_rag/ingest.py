@@ -94,10 +94,6 @@ def is_supported(name: str) -> bool:
     return path.suffix.lower() in SUPPORTED_EXTENSIONS or path.name in TEXT_NAMES
 
 
-def _has_magic(path: str) -> bool:
-    return glob.has_magic(path)
-
-
 def discover(
     paths: Sequence[str | os.PathLike],
     include: Sequence[str] = (),
@@ -116,13 +112,17 @@ def discover(
     seen: set[Path] = set()
     for raw in paths:
         text = os.fspath(raw)
-        if _has_magic(text) and not Path(text).exists():
+        if glob.has_magic(text) and not Path(text).exists():
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
                 raise FileNotFoundError(f"pattern {text!r} matches no files")
+            base = _glob_base(os.path.expanduser(text))
             for m in matches:
-                if Path(m).is_file():
-                    _add_file(found, Path(m), include, excludes, seen, explicit=False)
+                match = Path(m)
+                if match.is_symlink() and not _inside(match.resolve(), base):
+                    found.skipped.append(Skip(m, f"symlink points outside {base} (-> {match.resolve()}); not followed"))
+                elif match.is_file():
+                    _add_file(found, match, include, excludes, seen, explicit=False)
             continue
         path = Path(text).expanduser()
         if not path.exists() and not path.is_symlink():
@@ -136,6 +136,17 @@ def discover(
         else:
             found.skipped.append(Skip(text, "not a regular file or folder (broken symlink, device or pipe)"))
     return found
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
+    return Path(*fixed).resolve() if fixed else Path.cwd()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _add_file(found: Discovery, path: Path, include: Sequence[str], excludes: Sequence[str], seen: set[Path],
@@ -172,7 +183,7 @@ def _walk(found: Discovery, root: Path, folder: Path, include: Sequence[str], ex
                 if not target.exists():
                     found.skipped.append(Skip(rel, f"broken symlink (-> {os.readlink(path)})", root))
                     continue
-                if target != root and root not in target.parents:
+                if not _inside(target, root):
                     found.skipped.append(Skip(rel, f"symlink points outside the indexed root (-> {target}); not followed", root))
                     continue
             else:

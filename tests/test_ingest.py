@@ -41,6 +41,14 @@ def test_discover_files_and_globs_and_missing_paths(tmp_path):
     assert [(f.source, f.root) for f in found.files] == [
         ("chess.txt", tmp_path.resolve()), ("espresso.md", tmp_path.resolve()), ("volcanoes.md", tmp_path.resolve())]
     assert found.folder_roots == []  # no pruning scope for single files and patterns
+    (tmp_path / "sub").mkdir()
+    os.symlink("/etc/hostname", tmp_path / "sub" / "host.md")
+    os.symlink(tmp_path / "chess.txt", tmp_path / "sub" / "chess-link.md")
+    linked = discover([str(tmp_path / "sub" / "*.md")])
+    outside = f"symlink points outside {(tmp_path / 'sub').resolve()}"
+    assert [(s.source.rsplit("/", 1)[-1], s.reason.split(" (")[0]) for s in linked.skipped] == [
+        ("chess-link.md", outside), ("host.md", outside)]  # the pattern's folder is sub/
+    assert linked.files == []
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover([tmp_path / "nope"])
     with pytest.raises(FileNotFoundError, match="matches no files"):
