@@ -396,9 +396,23 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     losses: list[float] = []
     # the forward pass goes through the DDP wrapper so gradients are averaged across ranks
     encoder.model = ddp_model
+    def eval_and_export() -> None:
+        encoder.model = model
+        metrics = evaluate(encoder, prep, sts_dev, cfg.use_instructions)
+        state["history"].append({"step": step, "loss": round(float(np.mean(losses[-cfg.eval_every:])), 4), **metrics})
+        if state["best"] is None or metrics["dev_score"] > state["best"]["dev_score"]:
+            state["best"] = {"step": step, **metrics}
+            _export(encoder, cfg, prep, out / "best", state, started)
+        encoder.model = ddp_model
+
     try:
         while step < last:
-            if cfg.time_budget_minutes and (time.time() - started) / 60 > cfg.time_budget_minutes:
+            over = bool(cfg.time_budget_minutes and (time.time() - started) / 60 > cfg.time_budget_minutes)
+            if world > 1:  # every rank stops at the same step
+                flag = torch.tensor([int(over)])
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                over = bool(flag.item())
+            if over:
                 logger.info("time budget reached at step %d", step)
                 break
             for g in optimizer.param_groups:
@@ -421,19 +435,14 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == last):
-                encoder.model = model
-                metrics = evaluate(encoder, prep, sts_dev, cfg.use_instructions)
-                encoder.model = ddp_model
-                state["history"].append({"step": step, "loss": round(float(np.mean(losses[-cfg.eval_every:])), 4), **metrics})
-                if state["best"] is None or metrics["dev_score"] > state["best"]["dev_score"]:
-                    state["best"] = {"step": step, **metrics}
-                    encoder.model = model
-                    _export(encoder, cfg, prep, out / "best", state, started)
-                    encoder.model = ddp_model
+                eval_and_export()
             if rank == 0 and (step % cfg.save_every == 0 or step == last):
                 save_checkpoint(ckpt, encoder, optimizer, step, state)
             if world > 1:
                 torch.distributed.barrier()
+        if rank == 0 and losses and state["history"][-1]["step"] != step:  # stopped by the time budget
+            eval_and_export()
+            save_checkpoint(ckpt, encoder, optimizer, step, state)
     finally:
         encoder.model = model
         bar.close()
