@@ -201,8 +201,8 @@ def markdown(results: dict[str, Any]) -> str:
         mean = {m: np.mean([r[m] for r in q.values()]) for m in MODES}
         lines += [f"| **mean** | **{mean['dense']:.2f}** | **{mean['sparse']:.2f}** | **{mean['hybrid']:.2f}** |", ""]
     if "latency" in results:
-        lines += ["## Search latency, k=10 (ms; end to end includes encoding the query)", "",
-                  "| chunks | mode | engine p50 | engine p99 | end-to-end p50 | end-to-end p99 |", "|---|---|---|---|---|---|"]
+        lines += ["## Search latency, k=10, ms (`search_by_vector`: query vector given; `search`: the query encoded too)",
+                  "", "| chunks | mode | search_by_vector p50 | p99 | search p50 | p99 |", "|---|---|---|---|---|---|"]
         for size, entry in results["latency"].items():
             for mode in MODES:
                 e, t = entry[mode]["engine"], entry[mode]["end_to_end"]
