@@ -79,7 +79,7 @@ def test_training_decreases_loss_and_resumes_exactly(tmp_path):
     # the exported model serves through the normal loader, with provenance
     best = LGAnnaEncoder.from_pretrained(tmp_path / "a" / "run" / "best")
     assert best.config.provenance["teacher"]["stage2"].startswith("fusion")
-    assert best.encode_queries(["what is a paraphrase?"], task="MSRP").shape == (64,)
+    assert best.encode_queries(["what is a paraphrase?"], task="MSRP").shape == (1, 64)
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
