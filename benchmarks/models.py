@@ -122,7 +122,7 @@ class WordLlamaStatic(AbsEncoder):
         return self.embed([t for batch in inputs for t in batch["text"]])
 
 
-def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm", batch_size: int = 32) -> Any:
+def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm") -> Any:
     """An mteb model for ``name``: ``bm25``, ``wordllama``, ``hybrid`` (BM25 + ``dense``, RRF) or an encoder name/path."""
     if name == "bm25":
         import mteb

@@ -197,7 +197,7 @@ def run_quality(
     all_results = {}
     for name in models:
         label = _model_label(name)
-        model = load_model(name, cache_dir=cache_dir or DEFAULT_CACHE, batch_size=batch_size)
+        model = load_model(name, cache_dir=cache_dir or DEFAULT_CACHE)
         result: dict[str, Any] = {
             "model": name, "quick": quick, "versions": _versions(),
             "fingerprint": getattr(model, "fingerprint", None), "tasks": {},

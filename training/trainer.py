@@ -232,18 +232,19 @@ def evaluate(encoder: LGAnnaEncoder, prep: Prepared, sts_dev: list[dict[str, Any
 
     was_training = encoder.model.training
     encoder.model.eval()
-    task = prep.tasks.get("stsb") if "stsb" in prep.tasks else None
-    sts_task = task if use_instructions else None
-    a = encoder.encode_queries([r["sentence1"] for r in sts_dev], task=sts_task) if sts_task else encoder.encode([r["sentence1"] for r in sts_dev])
-    b = encoder.encode_queries([r["sentence2"] for r in sts_dev], task=sts_task) if sts_task else encoder.encode([r["sentence2"] for r in sts_dev])
+    def queries(texts: list[str], task: Task | None) -> np.ndarray:
+        return encoder.encode_queries(texts, task=task) if use_instructions and task is not None else encoder.encode(texts)
+
+    sts_task = prep.tasks.get("stsb")
+    a = queries([r["sentence1"] for r in sts_dev], sts_task)
+    b = queries([r["sentence2"] for r in sts_dev], sts_task)
     rho = float(spearmanr((a * b).sum(1), [r["score"] for r in sts_dev]).statistic)
     dev = [ex for ex in prep.dev if not prep.symmetric.get(ex.source, False)]
     docs = encoder.encode_documents([ex.positive for ex in dev])
     rr = []
     for src in sorted({ex.source for ex in dev}):
         idx = [i for i, ex in enumerate(dev) if ex.source == src]
-        queries = [dev[i].query for i in idx]
-        q = encoder.encode_queries(queries, task=prep.tasks[src]) if use_instructions else encoder.encode(queries)
+        q = queries([dev[i].query for i in idx], prep.tasks[src])
         ranks = (-(q @ docs.T)).argsort(axis=1)
         for row, i in enumerate(idx):
             pos = int(np.where(ranks[row] == i)[0][0])
