@@ -365,7 +365,24 @@ class LGAnnaEncoder:
         if template is None:
             return items
         resolved = get_task(task if task is not None else self.config.default_task, examples)
-        return [render_query(t, resolved, template) for t in items]
+        return [self.fit_query(t, resolved) for t in items]
+
+    def fit_query(self, text: str, task: Task, max_length: int | None = None) -> str:
+        """Render ``text`` for ``task``, dropping the earliest few-shot examples until it fits ``max_length`` tokens.
+
+        Truncation keeps the start of a text, so an over-long prompt would otherwise lose the query
+        itself (and, with last-token pooling, the token the embedding is read from).
+        """
+        template = self.config.prompt_template or "e5"
+        rendered = render_query(text, task, template)
+        if not task.examples:
+            return rendered
+        limit = (max_length or self.config.max_length) - int(self.config.append_eos)
+        examples = list(task.examples)
+        while examples and len(self.tokenizer(rendered, add_special_tokens=True)["input_ids"]) > limit:
+            examples.pop(0)
+            rendered = render_query(text, task.with_examples(examples), template)
+        return rendered
 
     def encode_queries(
         self,

@@ -235,3 +235,20 @@ def test_minilm_matches_sentence_transformers(minilm, stsb_sentences):
     theirs = st.encode(sentences, batch_size=16, convert_to_numpy=True)
     cos = (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.9999, cos.min()
+
+
+def test_few_shot_examples_that_do_not_fit_are_dropped_not_the_query(mistral_dir):
+    enc = LGAnnaEncoder.from_pretrained(mistral_dir, max_length=48)
+    query = "what is the boiling point of water at sea level"
+    long_example = ("tell me everything about the history of the Roman empire " * 3, "The Roman empire ... " * 5)
+    short_example = ("capital of France", "Paris.")
+    rendered = enc.render_queries([query], Task("t", "Find facts", examples=(long_example, short_example)))[0]
+    # the earliest (long) example is dropped, the short one kept, and the query is intact at the end
+    assert "Roman" not in rendered and "capital of France" in rendered
+    assert rendered.endswith("Query: " + query)
+    ids, truncated = enc.tokenize([rendered])
+    assert truncated == 0 and len(ids[0]) <= 48
+    # when nothing fits, the bare instruction + query remains
+    tight = LGAnnaEncoder.from_pretrained(mistral_dir, max_length=24)
+    bare = tight.render_queries([query], Task("t", "Find facts", examples=(short_example,)))[0]
+    assert bare == "Instruct: Find facts\nQuery: " + query
