@@ -226,25 +226,33 @@ def prepare(cfg: TrainConfig, root: Path | None = None) -> Prepared:
 # ---------------------------------------------------------------------------------------------
 # Evaluation on dev data (never test sets)
 # ---------------------------------------------------------------------------------------------
-def evaluate(encoder: LGAnnaEncoder, prep: Prepared, sts_dev: list[dict[str, Any]], use_instructions: bool = True) -> dict[str, float]:
-    """STSBenchmark dev Spearman and retrieval MRR@10 of held-out training-source queries among all dev positives."""
+def evaluate(encoder: LGAnnaEncoder, prep: Prepared, sts_dev: list[dict[str, Any]], use_instructions: bool = True,
+             query_examples: int = 0) -> dict[str, float]:
+    """STSBenchmark dev Spearman and retrieval MRR@10 of held-out training-source queries among all dev positives.
+
+    ``query_examples`` > 0 gives every query of a task the same few-shot examples (the first pairs of
+    that task's training pool), as a user would at inference time.
+    """
     from scipy.stats import spearmanr
 
     was_training = encoder.model.training
     encoder.model.eval()
-    def queries(texts: list[str], task: Task | None) -> np.ndarray:
-        return encoder.encode_queries(texts, task=task) if use_instructions and task is not None else encoder.encode(texts)
+    def queries(texts: list[str], source: str) -> np.ndarray:
+        task = prep.tasks.get(source)
+        if not use_instructions or task is None:
+            return encoder.encode(texts)
+        shots = prep.pool.by_source.get(source, [])[:query_examples] if query_examples else None
+        return encoder.encode_queries(texts, task=task, examples=shots)
 
-    sts_task = prep.tasks.get("stsb")
-    a = queries([r["sentence1"] for r in sts_dev], sts_task)
-    b = queries([r["sentence2"] for r in sts_dev], sts_task)
+    a = queries([r["sentence1"] for r in sts_dev], "stsb")
+    b = queries([r["sentence2"] for r in sts_dev], "stsb")
     rho = float(spearmanr((a * b).sum(1), [r["score"] for r in sts_dev]).statistic)
     dev = [ex for ex in prep.dev if not prep.symmetric.get(ex.source, False)]
     docs = encoder.encode_documents([ex.positive for ex in dev])
     rr = []
     for src in sorted({ex.source for ex in dev}):
         idx = [i for i, ex in enumerate(dev) if ex.source == src]
-        q = queries([dev[i].query for i in idx], prep.tasks[src])
+        q = queries([dev[i].query for i in idx], src)
         ranks = (-(q @ docs.T)).argsort(axis=1)
         for row, i in enumerate(idx):
             pos = int(np.where(ranks[row] == i)[0][0])
@@ -268,8 +276,9 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, 
     return chunk[rank::world]
 
 
-def render_batch(cfg: TrainConfig, prep: Prepared, idx: Sequence[int], step: int) -> tuple[list[str], list[str], list[list[float]]]:
-    """Query prompts (instruction + sampled ICL examples), the docs (positive + negatives per query), teacher probs."""
+def render_batch(cfg: TrainConfig, prep: Prepared, idx: Sequence[int], step: int,
+                 encoder: LGAnnaEncoder) -> tuple[list[str], list[str], list[list[float]]]:
+    """Query prompts (instruction + sampled ICL examples that fit), the docs (positive + negatives per query), teacher probs."""
     queries, docs, probs = [], [], []
     for i in idx:
         ex = prep.examples[i]
@@ -277,12 +286,12 @@ def render_batch(cfg: TrainConfig, prep: Prepared, idx: Sequence[int], step: int
         task = prep.tasks[ex.source]
         if cfg.use_instructions:
             examples = prep.pool.sample(ex, icl_count(rng, cfg.icl_max_examples, cfg.icl_p_zero), rng)
-            queries.append(render_query(ex.query, task.with_examples(examples), "e5"))
+            queries.append(encoder.fit_query(ex.query, task.with_examples(examples), cfg.max_length))
         else:
             queries.append(ex.query)
         group = [ex.positive] + [prep.docs[j] for j in prep.negatives[i]]
         if prep.symmetric.get(ex.source) and cfg.use_instructions:  # both sides get the instruction, no examples
-            group = [render_query(d, Task(task.name, task.instruction), "e5") for d in group]
+            group = [render_query(d, Task(task.name, task.instruction), encoder.config.prompt_template or "e5") for d in group]
         docs += group
         probs.append(prep.teacher_probs[i])
     return queries, docs, probs
@@ -419,7 +428,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
             for g in optimizer.param_groups:
                 g["lr"] = _lr(step, cfg)
             idx = batch_indices(len(prep.examples), cfg.batch_size, step, cfg.seed, rank, world)
-            queries, docs, probs = render_batch(cfg, prep, idx, step)
+            queries, docs, probs = render_batch(cfg, prep, idx, step, encoder)
             q_ids, _ = encoder.tokenize(queries, cfg.max_length)
             d_ids, _ = encoder.tokenize(docs, cfg.max_length)
             q = encoder.embed(encoder.collate(q_ids))
