@@ -1,0 +1,51 @@
+"""The bundled default model ``lganna-mini``: default everywhere, semantically sane, loadable by sentence-transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lganna_rag import LGAnnaEncoder
+from lganna_rag.models import bundled_weights_dir, default_model_name, read_model_config
+
+MINI = bundled_weights_dir() / "lganna-mini"
+
+pytestmark = pytest.mark.skipif(not (MINI / "config.json").is_file(), reason="lganna-mini is not bundled")
+
+
+@pytest.fixture(scope="module")
+def mini() -> LGAnnaEncoder:
+    return LGAnnaEncoder.from_pretrained()
+
+
+def test_lganna_mini_is_the_default_and_a_mistral_decoder(mini):
+    assert default_model_name() == "lganna-mini"
+    assert mini.name == "lganna-mini" and mini.model.config.model_type == "mistral"
+    cfg = read_model_config(MINI, is_decoder=True)
+    assert cfg.pooling == "last" and cfg.append_eos and cfg.prompt_template == "e5"
+    assert cfg.provenance["teacher"]["stage1"] == ["bm25s", "minilm"]
+    assert sum(p.stat().st_size for p in MINI.rglob("*")) < 30 * 2**20
+    assert not list(MINI.glob("*.bin")) and not list(MINI.glob("*.pt"))
+
+
+def test_lganna_mini_ranks_related_text_first(mini):
+    q = mini.encode_queries(["How do vaccines train the immune system?"], task="retrieval")
+    docs = mini.encode_documents([
+        "The stock market fell sharply on Monday after a weak earnings report.",
+        "Vaccines expose the immune system to a harmless antigen so it learns to recognise the pathogen.",
+        "A recipe for sourdough bread needs flour, water, salt and a starter.",
+    ])
+    assert int(np.argmax(q @ docs.T)) == 1
+    a, b, c = mini.encode_queries(["A man is playing a guitar.", "A person plays the guitar.", "A cat sleeps on the sofa."], task="sts")
+    assert a @ b > a @ c + 0.1
+
+
+def test_lganna_mini_loads_in_sentence_transformers(mini):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["Vaccines train the immune system.", "The quick brown fox jumps over the lazy dog near the river bank."]
+    st = SentenceTransformer(str(MINI), device="cpu")
+    theirs = st.encode(texts, normalize_embeddings=False)
+    ours = mini.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-3)  # Normalize module
+    assert (np.sum(theirs * ours, axis=1) > 0.999).all()
