@@ -51,16 +51,16 @@ def quality_cmd(models: str, tasks: str | None, quick: bool, batch_size: int, ou
 
 
 @bench.command("speed")
-@click.option("--models", default="minilm,wordllama", show_default=True, help="Encoders to time (MiniLM is always included as the baseline).")
+@click.option("--models", default="lganna-mini,minilm,wordllama", show_default=True, help="Encoders to time (MiniLM is always included as the baseline).")
 @click.option("--n", "n", default=1000, show_default=True, help="Number of real texts to encode.")
-@click.option("--sizes", default="10000,100000", show_default=True, help="Vector-store sizes.")
+@click.option("--sizes", default="10000,100000", show_default=True, help="Vector-store sizes ('' = encoders only; earlier store rows are kept).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 def speed_cmd(models: str, n: int, sizes: str, out_dir: Path) -> None:
     """Encoder throughput/load time/memory vs MiniLM, matmul ceiling, vector-store latency and recall."""
     from .report import write_report
     from .speed import run_speed
 
-    run_speed(_split(models) or [], n=n, sizes=tuple(int(s) for s in sizes.split(",")), out_dir=out_dir, progress=click.echo)
+    run_speed(_split(models) or [], n=n, sizes=tuple(int(s) for s in sizes.split(",") if s.strip()), out_dir=out_dir, progress=click.echo)
     click.echo(f"report: {write_report(out_dir)}")
 
 

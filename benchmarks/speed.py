@@ -226,10 +226,16 @@ def run_speed(models: list[str], *, n: int = 1000, sizes: tuple[int, ...] = (100
         progress(f"  {r['model']:>12}: {r['texts_per_s']:8.1f} texts/s  {r['tokens_per_s']:9.0f} tok/s  "
                  f"x{r['texts_per_s_ratio_to_minilm']:.2f} MiniLM  load {r['time_to_first_embedding_s']:.2f}s  "
                  f"peak {r['peak_rss_mb']:.0f} MB")
-    progress("vector stores ...")
-    real = corpus_vectors(min(max(sizes), 10000))
-    queries = grow(real, len(real) + n_queries, seed=1)[len(real):]  # jittered real vectors, not in the set
-    stores = []
+    stores: list[dict[str, Any]] = []
+    real: np.ndarray = np.zeros((0, 0))
+    previous = out_dir / "speed.json"
+    if not sizes and previous.is_file():  # encoders only: keep the last measured vector-store rows, marked as such
+        old = json.loads(previous.read_text())
+        stores = [{**row, "measured_in_earlier_run": True} for row in old.get("vector_stores", [])]
+    if sizes:
+        progress("vector stores ...")
+        real = corpus_vectors(min(max(sizes), 10000))
+    queries = grow(real, len(real) + n_queries, seed=1)[len(real):] if sizes else real  # jittered real vectors, not in the set
     for size in sizes:
         rows = bench_stores(grow(real, size), queries)
         for row in rows:
@@ -238,7 +244,7 @@ def run_speed(models: list[str], *, n: int = 1000, sizes: tuple[int, ...] = (100
                      f"recall@10 {row['recall_at_10']:.3f}"))
         stores += rows
     result = {"versions": _versions(), "cpu_threads": torch.get_num_threads(), "matmul_gflops": round(ceiling, 2),
-              "texts": n, "encoders": encoders, "vector_stores": stores, "real_vectors": len(real), "queries": n_queries}
+              "texts": n, "encoders": encoders, "vector_stores": stores, "real_vectors": len(real) or None, "queries": n_queries}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .trainer import TrainConfig, evaluate, load_config, prepare, train
+from .trainer import TrainConfig, evaluate, load_config, prepare, sts_dev_pairs, train
 
 VARIANTS: dict[str, tuple[str, Callable[[TrainConfig], TrainConfig]]] = {
     "full": ("full recipe (KL + adaptive mining + ICL + instructions)", lambda c: c),
@@ -52,12 +52,11 @@ def run_ablations(config: str | Path, steps: int, out_dir: Path, names: list[str
 
 def query_time_rows(config: str | Path, model_dir: Path, shots: int = 2) -> dict[str, Any]:
     """The full-recipe model evaluated with 0 and ``shots`` query-time examples, and without instructions."""
-    from lganna_rag.data import data_dir, read_jsonl
     from lganna_rag.encoder import LGAnnaEncoder
 
     cfg = load_config(config)
     prep = prepare(cfg)
-    sts_dev = list(read_jsonl(data_dir() / "STSBenchmark" / "dev.jsonl"))[: cfg.dev_sts_pairs]
+    sts_dev = sts_dev_pairs(cfg)
     encoder = LGAnnaEncoder.from_pretrained(str(model_dir))
     return {
         "instructions, 0 examples": evaluate(encoder, prep, sts_dev, True, 0),

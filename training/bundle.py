@@ -24,7 +24,12 @@ def bundle(src: Path, dst: Path | None = None) -> Path:
 
     dst = dst or bundled_weights_dir() / "lganna-mini"
     encoder = LGAnnaEncoder.from_pretrained(str(src), device="cpu")
-    provenance = {**encoder.config.provenance, "bundled_from": str(src), "dtype": "float16"}
+    provenance = {**encoder.config.provenance, "bundled_from": str(src), "dtype": "float16",
+                  "reproduce": "lganna-rag train training/configs/lganna-mini.yaml"}
+    summary = src.parent / "summary.json"
+    if summary.is_file():  # the whole run: steps, wall time, dev history (the bundled step is provenance["best"])
+        run = json.loads(summary.read_text())
+        provenance["training_run"] = {k: run.get(k) for k in ("steps", "wall_minutes", "final_loss", "history")}
     save_student(encoder.model, encoder.tokenizer, dst, encoder.config.pooling, encoder.config.max_length,
                  provenance, dtype=torch.float16)
     return dst

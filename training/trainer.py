@@ -264,6 +264,14 @@ def evaluate(encoder: LGAnnaEncoder, prep: Prepared, sts_dev: list[dict[str, Any
             "dev_score": round(50 * rho + 50 * mrr, 2)}
 
 
+def sts_dev_pairs(cfg: TrainConfig, root: Path | None = None) -> list[dict[str, Any]]:
+    """A seeded random sample of ``dev_sts_pairs`` STSBenchmark dev pairs (the file is ordered by genre)."""
+    from lganna_rag.data import data_dir, read_jsonl
+
+    rows = list(read_jsonl((root or data_dir()) / "STSBenchmark" / "dev.jsonl"))
+    return random.Random(cfg.seed).sample(rows, min(cfg.dev_sts_pairs, len(rows)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------
@@ -369,8 +377,6 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     """Run (or resume) training; writes checkpoints, the best model and ``summary.json`` under ``output_dir``."""
     from tqdm.auto import tqdm
 
-    from lganna_rag.data import data_dir, read_jsonl
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -385,7 +391,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     encoder = build_encoder(cfg)
-    sts_dev = list(read_jsonl((root or data_dir()) / "STSBenchmark" / "dev.jsonl"))[: cfg.dev_sts_pairs]
+    sts_dev = sts_dev_pairs(cfg, root)
     model = encoder.model
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
