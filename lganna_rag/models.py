@@ -10,8 +10,8 @@ sentence-transformers files (``1_Pooling/config.json``, ``modules.json``,
 from __future__ import annotations
 
 import importlib.util
-import os
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -175,7 +175,7 @@ REGISTRY: dict[str, RegisteredModel] = {
 def default_model_name() -> str:
     """``minilm`` when its weights are installed, else the bundled ``lganna-mini``.
 
-    ``lganna-mini`` is 4-5x faster but measurably less accurate than all-MiniLM-L6-v2 on the benchmark
+    ``lganna-mini`` is ~4x faster (texts/s) but measurably less accurate than all-MiniLM-L6-v2 on the benchmark
     suite (``benchmarks/results/leaderboard.md``), so it is the default only where MiniLM is absent.
     Set ``LGANNA_MODEL`` to choose explicitly.
     """

@@ -37,15 +37,15 @@ def bundle(src: Path, dst: Path | None = None) -> Path:
 
 def record_scores(results: Path, dst: Path | None = None) -> dict[str, Any]:
     """Copy the main score per task and the means per task type of ``results`` (``bench quality`` JSON) into ``lganna.json``."""
+    from lganna_rag.benchmarks.report import type_averages
+
     dst = dst or bundled_weights_dir() / "lganna-mini"
-    tasks = json.loads(results.read_text())["tasks"]
-    by_type: dict[str, list[float]] = {}
-    for t in tasks.values():
-        by_type.setdefault(t["type"], []).append(t["main_score"])
+    result = json.loads(results.read_text())
+    tasks = result["tasks"]
     summary = {
         "source": str(results),
         "mean": round(sum(t["main_score"] for t in tasks.values()) / len(tasks), 2),
-        "by_type": {k: round(sum(v) / len(v), 2) for k, v in sorted(by_type.items())},
+        "by_type": dict(sorted(type_averages(result).items())),
         "tasks": {name: t["main_score"] for name, t in tasks.items()},
     }
     config = read_model_config(dst, is_decoder=True)
