@@ -227,24 +227,24 @@ def run_speed(models: list[str], *, n: int = 1000, sizes: tuple[int, ...] = (100
                  f"x{r['texts_per_s_ratio_to_minilm']:.2f} MiniLM  load {r['time_to_first_embedding_s']:.2f}s  "
                  f"peak {r['peak_rss_mb']:.0f} MB")
     stores: list[dict[str, Any]] = []
-    real: np.ndarray = np.zeros((0, 0))
-    previous = out_dir / "speed.json"
-    if not sizes and previous.is_file():  # encoders only: keep the last measured vector-store rows, marked as such
-        old = json.loads(previous.read_text())
-        stores = [{**row, "measured_in_earlier_run": True} for row in old.get("vector_stores", [])]
+    real_vectors = None
     if sizes:
         progress("vector stores ...")
         real = corpus_vectors(min(max(sizes), 10000))
-    queries = grow(real, len(real) + n_queries, seed=1)[len(real):] if sizes else real  # jittered real vectors, not in the set
-    for size in sizes:
-        rows = bench_stores(grow(real, size), queries)
-        for row in rows:
-            progress(f"  {size:>7} {row['store']:<28} " + ("skipped" if "skipped" in row else
-                     f"upsert {row['upsert_s']:.2f}s  p50 {row['query_p50_ms']:.2f} ms  p99 {row['query_p99_ms']:.2f} ms  "
-                     f"recall@10 {row['recall_at_10']:.3f}"))
-        stores += rows
+        real_vectors = len(real)
+        queries = grow(real, len(real) + n_queries, seed=1)[len(real):]  # jittered real vectors, not in the set
+        for size in sizes:
+            rows = bench_stores(grow(real, size), queries)
+            for row in rows:
+                progress(f"  {size:>7} {row['store']:<28} " + ("skipped" if "skipped" in row else
+                         f"upsert {row['upsert_s']:.2f}s  p50 {row['query_p50_ms']:.2f} ms  p99 {row['query_p99_ms']:.2f} ms  "
+                         f"recall@10 {row['recall_at_10']:.3f}"))
+            stores += rows
+    elif (out_dir / "speed.json").is_file():  # encoders only: keep the last measured vector-store rows, marked as such
+        old = json.loads((out_dir / "speed.json").read_text())
+        stores = [{**row, "measured_in_earlier_run": True} for row in old.get("vector_stores", [])]
     result = {"versions": _versions(), "cpu_threads": torch.get_num_threads(), "matmul_gflops": round(ceiling, 2),
-              "texts": n, "encoders": encoders, "vector_stores": stores, "real_vectors": len(real) or None, "queries": n_queries}
+              "texts": n, "encoders": encoders, "vector_stores": stores, "real_vectors": real_vectors, "queries": n_queries}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
