@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lganna_rag import LGAnnaEncoder
+from lganna_rag import LGAnnaEncoder, ModelConfig
 from lganna_rag.training.model import StudentConfig, build_student, llama2_tokenizer, save_student
 
 SENTENCES = ["A man is playing a guitar.", "Stock prices fell sharply on Monday.", "How do I reset my password?",
@@ -27,6 +27,21 @@ def test_untrained_student_equals_wordllama(pooling, tmp_path):
     np.testing.assert_allclose((ours * wl).sum(1), 1.0, atol=2e-3)  # same direction as WordLlama's mean
     # and different texts stay different: the pairwise similarity structure is WordLlama's
     np.testing.assert_allclose(ours @ ours.T, wl @ wl.T, atol=5e-3)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_special_token_rows_survive_a_first_optimizer_step(pooling):
+    """Adam moves every row by ~lr on step one; <s>/</s> must not turn that into a full-size random vector."""
+    import torch
+
+    cfg = StudentConfig(hidden_size=256, num_hidden_layers=2, intermediate_size=256, pooling=pooling)
+    model = build_student(cfg)
+    enc = LGAnnaEncoder(model, llama2_tokenizer(), ModelConfig(pooling=pooling), is_decoder=True)
+    before = enc.encode(SENTENCES)
+    with torch.no_grad():  # what one Adam step at lr 1e-4 does to the <unk>, <s>, </s> rows
+        model.embed_tokens.weight[[0, 1, 2]] += 1e-4 * torch.sign(torch.randn(3, 256, generator=torch.Generator().manual_seed(0)))
+    after = enc.encode(SENTENCES)
+    assert (before * after).sum(1).min() > 0.999
 
 
 def test_student_loads_in_sentence_transformers(tmp_path):
@@ -80,6 +95,20 @@ def test_training_decreases_loss_and_resumes_exactly(tmp_path):
     best = LGAnnaEncoder.from_pretrained(tmp_path / "a" / "run" / "best")
     assert best.config.provenance["teacher"]["stage2"].startswith("fusion")
     assert best.encode_queries(["what is a paraphrase?"], task="MSRP").shape == (1, 64)
+
+
+def test_distillation_only_without_instructions(tmp_path):
+    """Pure dense-teacher distillation (no InfoNCE, no KL) learns, and a no-instruction model embeds queries plainly."""
+    from lganna_rag.training.trainer import train
+
+    cfg = _tiny_config(tmp_path, contrastive_weight=0.0, kl_weight=0.0, distill_weight=1.0, use_instructions=False)
+    run = train(cfg, progress=False)
+    assert np.mean(run["losses"][-5:]) < 0.8 * np.mean(run["losses"][:5])
+    best = LGAnnaEncoder.from_pretrained(tmp_path / "run" / "best")
+    assert best.config.prompt_template is None and best.config.provenance["instructions"] is False
+    assert best.config.provenance["loss_weights"]["distill"] == 1.0
+    np.testing.assert_allclose(best.encode_queries(["a cat sat on the mat"], task="MSRP"),
+                               best.encode_documents(["a cat sat on the mat"]), atol=1e-6)
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

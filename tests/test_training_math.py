@@ -62,10 +62,18 @@ def test_teacher_distribution_and_distill_loss():
     probs = teacher_distribution(torch.tensor([[2.0, 1.0, 0.0]]), temperature=1.0)
     e = [math.exp(2), math.exp(1), 1.0]
     assert probs[0].tolist() == pytest.approx([x / sum(e) for x in e], rel=1e-6)
-    v = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
-    assert distill_loss(v, v * 2).item() == pytest.approx(0.0, abs=1e-7)  # scale-invariant
-    # orthogonal unit vectors: 1 - cos = 1; MSE = mean((1,0)-(0,1))^2 = 1; sim matrices: [[1,0],[0,1]] vs same -> 0
-    assert distill_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), sim_weight=0).item() == pytest.approx(2.0)
+    # the student copies the teacher's geometry in another dimension (a rotation + zero padding): loss 0
+    tq, td = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0], [4.0, 3.0]])
+    rot = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert distill_loss(tq @ rot * 5, td @ rot, tq, td).item() == pytest.approx(0.0, abs=1e-6)
+    # one query, two docs: student cosines (1, 0), teacher cosines (0, 1) -> KL by hand at temperature 1, and
+    # the 3x3 cosine matrices differ in 4 off-diagonal entries by 1 -> MSE 4/9
+    q, d = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t_q, t_d = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p_s = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    kl = sum(t * math.log(t / s) for t, s in zip(p_s[::-1], p_s))
+    assert distill_loss(q, d, t_q, t_d, temperature=1.0, sim_weight=0).item() == pytest.approx(kl, rel=1e-6)
+    assert distill_loss(q, d, t_q, t_d, temperature=1.0, sim_weight=1.0).item() == pytest.approx(kl + 4 / 9, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- data hygiene and ICL sampling

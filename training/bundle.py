@@ -31,7 +31,7 @@ def bundle(src: Path, dst: Path | None = None) -> Path:
         run = json.loads(summary.read_text())
         provenance["training_run"] = {k: run.get(k) for k in ("steps", "wall_minutes", "final_loss", "history")}
     save_student(encoder.model, encoder.tokenizer, dst, encoder.config.pooling, encoder.config.max_length,
-                 provenance, dtype=torch.float16)
+                 provenance, dtype=torch.float16, prompt_template=encoder.config.prompt_template)
     return dst
 
 

@@ -43,11 +43,18 @@ def teacher_distribution(scores: torch.Tensor, temperature: float = 0.1) -> torc
     return torch.softmax(scores / temperature, dim=-1)
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, sim_weight: float = 1.0) -> torch.Tensor:
-    """Embedding distillation: (1 - cosine) + MSE between unit vectors, plus in-batch similarity matching."""
-    s = F.normalize(student, dim=-1)
-    t = F.normalize(teacher, dim=-1)
-    loss = (1 - (s * t).sum(-1)).mean() + F.mse_loss(s, t)
-    if sim_weight:
-        loss = loss + sim_weight * F.mse_loss(s @ s.T, t @ t.T)
-    return loss
+def distill_loss(queries: torch.Tensor, docs: torch.Tensor, teacher_queries: torch.Tensor, teacher_docs: torch.Tensor,
+                 temperature: float = 0.05, sim_weight: float = 10.0) -> torch.Tensor:
+    """Relational distillation of a dense teacher, no projection (the student may have another dimension).
+
+    KL between the teacher's and the student's softmax over each query's similarities to every document of
+    the batch (the teacher's in-batch soft labels), plus ``sim_weight`` x MSE between the two models' cosine
+    matrices over all texts of the batch (queries and documents), which keeps the teacher's absolute geometry.
+    Inputs are normalised here; the student's are used as served.
+    """
+    q, d = F.normalize(queries, dim=-1), F.normalize(docs, dim=-1)
+    tq, td = F.normalize(teacher_queries, dim=-1), F.normalize(teacher_docs, dim=-1)
+    kl = F.kl_div(F.log_softmax(q @ d.T / temperature, dim=-1), F.softmax(tq @ td.T / temperature, dim=-1),
+                  reduction="batchmean")
+    s, t = torch.cat([q, d]), torch.cat([tq, td])
+    return kl + sim_weight * F.mse_loss(s @ s.T, t @ t.T)

@@ -66,7 +66,8 @@ def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
 
     - Token embeddings: the first ``hidden_size - 1`` WordLlama dimensions, scaled to unit RMS; the last
       dimension is a constant "ballast" ``8 * sqrt(hidden)`` that dominates every RMSNorm's denominator,
-      so the norms act as (almost) linear scalings, and is given weight 0 in every norm. BOS/EOS rows are 0.
+      so the norms act as (almost) linear scalings, and is given weight 0 in every norm. BOS/EOS rows hold
+      only the ballast (no content).
     - ``zero_init_residuals``: every ``o_proj`` / ``down_proj`` is zero, so hidden states are the embeddings
       (mean pooling then equals WordLlama's mean).
     - For ``pooling="last"``, layer 0's attention is initialised to uniform causal averaging (``q_proj = 0``,
@@ -96,7 +97,10 @@ def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
         weight = torch.zeros(table.shape[0], h)
         weight[:, : h - 1] = emb
         weight[:, h - 1] = ballast
-        weight[[0, 1, 2]] = 0.0  # <unk>, <s>, </s>: contribute nothing until trained
+        # <unk>, <s>, </s>: no content until trained, but they keep the ballast. A zero row would make RMSNorm
+        # divide by sqrt(eps): the first optimizer step (~lr in every dimension) then turns it into a full-size
+        # random vector that every later token attends to (measured: training collapsed from the WordLlama start).
+        weight[[0, 1, 2], : h - 1] = 0.0
         model.embed_tokens.weight.copy_(weight)
         # RMS of a token's hidden state is ~ballast/sqrt(h) = 8: norm weights 8 restore unit scale; ballast weight 0.
         norm_weight = torch.full((h,), 8.0)
@@ -118,13 +122,17 @@ def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
 
 
 def save_student(model: torch.nn.Module, tokenizer: Any, out: Path, pooling: str, max_length: int = 512,
-                 provenance: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write a model directory (safetensors, tokenizer, lganna.json, sentence-transformers modules)."""
+                 provenance: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+                 prompt_template: str | None = "e5") -> Path:
+    """Write a model directory (safetensors, tokenizer, lganna.json, sentence-transformers modules).
+
+    ``prompt_template=None`` records a model trained without instructions (queries are embedded plainly).
+    """
     out.mkdir(parents=True, exist_ok=True)
     model.to(dtype).save_pretrained(out, safe_serialization=True)
     model.float()
     tokenizer.save_pretrained(out)
-    ModelConfig(pooling=pooling, normalize=True, append_eos=True, max_length=max_length, prompt_template="e5",
+    ModelConfig(pooling=pooling, normalize=True, append_eos=True, max_length=max_length, prompt_template=prompt_template,
                 prompt_version=PROMPT_VERSION, provenance=provenance or {}).save(out)
     st_pool = {"word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": False,
                "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,

@@ -87,9 +87,10 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     soft_label_temperature: float = 0.05
-    # stage A (distillation), stage B (contrastive)
-    distill_steps: int = 0
-    distill_lr: float = 5e-4
+    # loss = contrastive_weight * InfoNCE + kl_weight * soft-label KL + distill_weight * dense-teacher distillation
+    contrastive_weight: float = 1.0
+    distill_weight: float = 0.0
+    distill_sim_weight: float = 10.0
     steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-4
@@ -139,7 +140,8 @@ def build_encoder(cfg: TrainConfig) -> LGAnnaEncoder:
     if cfg.base_model is None:
         model = build_student(cfg.student, seed=cfg.seed)
         tokenizer = llama2_tokenizer()
-        settings = ModelConfig(pooling=cfg.student.pooling, max_length=cfg.max_length, prompt_template="e5")
+        settings = ModelConfig(pooling=cfg.student.pooling, max_length=cfg.max_length,
+                               prompt_template="e5" if cfg.use_instructions else None)
         encoder = LGAnnaEncoder(model, tokenizer, settings, name=cfg.name, is_decoder=True)
     else:
         base = LGAnnaEncoder.from_pretrained(cfg.base_model, dtype=dtype, device="cpu", max_length=cfg.max_length)
@@ -167,6 +169,7 @@ class Prepared:
     tasks: dict[str, Task]
     symmetric: dict[str, bool]
     docs: list[str]
+    positives: list[int]
     negatives: list[list[int]]
     teacher_probs: list[list[float]]
     teacher_queries: np.ndarray
@@ -219,7 +222,8 @@ def prepare(cfg: TrainConfig, root: Path | None = None) -> Prepared:
         negatives.append(chosen)
         probs.append(teacher_distribution(group[None], cfg.soft_label_temperature)[0].tolist())
     mined_counts = {"mean_mined_negatives": float(np.mean(kept)), "k": m.k}
-    return Prepared(train, tasks, symmetric, docs, negatives, probs, q_vec, d_vec,
+    positives = [rec.positive for rec in records]
+    return Prepared(train, tasks, symmetric, docs, positives, negatives, probs, q_vec, d_vec,
                     ExamplePool.from_examples(train), dev, reranker, mined_counts)
 
 
@@ -348,29 +352,7 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage A: distillation of the teacher's embeddings (optional)
-# ---------------------------------------------------------------------------------------------
-def distill(cfg: TrainConfig, encoder: LGAnnaEncoder, prep: Prepared) -> list[float]:
-    """``distill_steps`` steps of cosine + MSE + similarity matching to teacher vectors via a linear projection."""
-    texts = [ex.query for ex in prep.examples] + prep.docs
-    targets = torch.from_numpy(np.concatenate([prep.teacher_queries, prep.teacher_docs])).float()
-    proj = torch.nn.Linear(encoder.dimension, targets.shape[1])
-    params = [p for p in encoder.model.parameters() if p.requires_grad] + list(proj.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=cfg.weight_decay)
-    losses = []
-    for step in range(cfg.distill_steps):
-        idx = batch_indices(len(texts), cfg.batch_size * 2, step, cfg.seed + 1)
-        ids, _ = encoder.tokenize([texts[i] for i in idx], cfg.max_length)
-        loss = distill_loss(proj(encoder.embed(encoder.collate(ids), normalize=False)), targets[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    return losses
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage B: the loop
+# The loop
 # ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, max_steps: int | None = None,
           progress: bool = True) -> dict[str, Any]:
@@ -395,15 +377,13 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     model = encoder.model
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {"best": None, "history": [], "distill_losses": []}
+    state: dict[str, Any] = {"best": None, "history": []}
     step = 0
     ckpt = out / "checkpoint"
     if resume and ckpt.is_dir():
         state = load_checkpoint(ckpt, encoder, optimizer)
         step = state.pop("step")
         logger.info("resumed from %s at step %d", ckpt, step)
-    elif cfg.distill_steps:
-        state["distill_losses"] = distill(cfg, encoder, prep)
     if rank == 0 and not state["history"]:
         state["history"].append({"step": 0, "loss": None, **evaluate(encoder, prep, sts_dev, cfg.use_instructions)})
     last = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
@@ -439,7 +419,12 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
             d_ids, _ = encoder.tokenize(docs, cfg.max_length)
             q = encoder.embed(encoder.collate(q_ids))
             d = encoder.embed(encoder.collate(d_ids))
-            loss = info_nce(q, d, group, cfg.temperature)
+            loss = cfg.contrastive_weight * info_nce(q, d, group, cfg.temperature)
+            if cfg.distill_weight:
+                rows = [j for i in idx for j in [prep.positives[i], *prep.negatives[i]]]
+                loss = loss + cfg.distill_weight * distill_loss(
+                    q, d, torch.from_numpy(prep.teacher_queries[idx]).float(),
+                    torch.from_numpy(prep.teacher_docs[rows]).float(), cfg.temperature, cfg.distill_sim_weight)
             if cfg.kl_weight:
                 loss = loss + cfg.kl_weight * soft_label_kl(group_scores(q, d, group), torch.tensor(probs), cfg.temperature)
             optimizer.zero_grad()
@@ -474,6 +459,9 @@ def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path
     """Save a servable model directory with provenance in ``lganna.json``."""
     provenance = {
         "recipe": "LG-ANNA: teacher soft labels (KL) + adaptive-margin mined negatives + ICL prompts + InfoNCE",
+        "loss_weights": {"contrastive": cfg.contrastive_weight, "kl": cfg.kl_weight, "distill": cfg.distill_weight,
+                         "distill_sim": cfg.distill_sim_weight},
+        "instructions": cfg.use_instructions,
         "teacher": {"stage1": ["bm25s", cfg.teacher.dense], "stage2": prep.reranker,
                     "soft_label_temperature": cfg.soft_label_temperature},
         "mining": dataclasses.asdict(cfg.mining), **prep.mined_counts,
@@ -483,7 +471,8 @@ def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path
         "wall_minutes": round((time.time() - started) / 60, 1), "prompt_version": PROMPT_VERSION,
     }
     if cfg.base_model is None:
-        save_student(encoder.model, encoder.tokenizer, path, cfg.student.pooling, cfg.max_length, provenance)
+        save_student(encoder.model, encoder.tokenizer, path, cfg.student.pooling, cfg.max_length, provenance,
+                     prompt_template=encoder.config.prompt_template)
     else:
         encoder.config.provenance = provenance
         encoder.save_pretrained(path)
