@@ -83,6 +83,8 @@ class TrainConfig:
     dev_examples_per_source: int = 20
     dev_sts_pairs: int = 500
     max_length: int = 128
+    #: max_length written into the exported model's lganna.json (serving); ``None`` = ``max_length``
+    serve_max_length: int | None = None
     # teacher and mining
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -458,7 +460,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
 def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path, state: dict[str, Any], started: float) -> None:
     """Save a servable model directory with provenance in ``lganna.json``."""
     provenance = {
-        "recipe": "LG-ANNA: teacher soft labels (KL) + adaptive-margin mined negatives + ICL prompts + InfoNCE",
+        "recipe": "LG-ANNA: teacher soft labels (KL) + adaptive-margin mined negatives + "
+                  + ("instruction + ICL prompts" if cfg.use_instructions else "plain queries (no instructions, no ICL)")
+                  + " + InfoNCE" + (" + relational distillation of the dense teacher" if cfg.distill_weight else ""),
         "loss_weights": {"contrastive": cfg.contrastive_weight, "kl": cfg.kl_weight, "distill": cfg.distill_weight,
                          "distill_sim": cfg.distill_sim_weight},
         "instructions": cfg.use_instructions,
@@ -471,8 +475,8 @@ def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path
         "wall_minutes": round((time.time() - started) / 60, 1), "prompt_version": PROMPT_VERSION,
     }
     if cfg.base_model is None:
-        save_student(encoder.model, encoder.tokenizer, path, cfg.student.pooling, cfg.max_length, provenance,
-                     prompt_template=encoder.config.prompt_template)
+        save_student(encoder.model, encoder.tokenizer, path, cfg.student.pooling, cfg.serve_max_length or cfg.max_length,
+                     provenance, prompt_template=encoder.config.prompt_template)
     else:
         encoder.config.provenance = provenance
         encoder.save_pretrained(path)
