@@ -181,6 +181,10 @@ class Prepared:
     reranker: str
     mined_counts: dict[str, float]
 
+    def group(self, i: int) -> list[int]:
+        """Document indices of example ``i``'s candidate group: its positive, then its mined negatives."""
+        return [self.positives[i], *self.negatives[i]]
+
 
 def prepare(cfg: TrainConfig, root: Path | None = None) -> Prepared:
     """Leakage check, load and split examples, teacher labels, mining (cached teacher work)."""
@@ -303,7 +307,7 @@ def render_batch(cfg: TrainConfig, prep: Prepared, idx: Sequence[int], step: int
             queries.append(encoder.fit_query(ex.query, task.with_examples(examples), cfg.max_length))
         else:
             queries.append(ex.query)
-        group = [ex.positive] + [prep.docs[j] for j in prep.negatives[i]]
+        group = [prep.docs[j] for j in prep.group(i)]
         if prep.symmetric.get(ex.source) and cfg.use_instructions:  # both sides get the instruction, no examples
             group = [render_query(d, Task(task.name, task.instruction), encoder.config.prompt_template or "e5") for d in group]
         docs += group
@@ -423,7 +427,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
             d = encoder.embed(encoder.collate(d_ids))
             loss = cfg.contrastive_weight * info_nce(q, d, group, cfg.temperature)
             if cfg.distill_weight:
-                rows = [j for i in idx for j in [prep.positives[i], *prep.negatives[i]]]
+                rows = [j for i in idx for j in prep.group(i)]
                 loss = loss + cfg.distill_weight * distill_loss(
                     q, d, torch.from_numpy(prep.teacher_queries[idx]).float(),
                     torch.from_numpy(prep.teacher_docs[rows]).float(), cfg.temperature, cfg.distill_sim_weight)
