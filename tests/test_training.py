@@ -97,6 +97,32 @@ def test_training_decreases_loss_and_resumes_exactly(tmp_path):
     assert best.encode_queries(["what is a paraphrase?"], task="MSRP").shape == (1, 64)
 
 
+def test_embedding_lr_freezes_or_slows_the_table():
+    """embedding_lr=0 keeps the WordLlama table bit-exact while the layers learn; a smaller rate moves it less."""
+    import torch
+
+    from lganna_rag.training.trainer import TrainConfig, build_optimizer
+
+    moved = {}
+    for emb_lr in (0.0, 1e-4, None):
+        torch.manual_seed(0)
+        model = build_student(StudentConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                            num_key_value_heads=2, intermediate_size=128))
+        table = model.embed_tokens.weight.detach().clone()
+        layer = model.layers[0].mlp.down_proj.weight.detach().clone()
+        opt = build_optimizer(model, TrainConfig(lr=1e-3, embedding_lr=emb_lr))
+        direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            out = model(input_ids=torch.tensor([[1, 450, 6635, 2]])).last_hidden_state
+            opt.zero_grad()
+            (out[0, -1] * direction).sum().backward()  # not scale-invariant, unlike |norm(h)|^2
+            opt.step()
+        moved[emb_lr] = (model.embed_tokens.weight - table).abs().max().item()
+        assert (model.layers[0].mlp.down_proj.weight - layer).abs().max().item() > 1e-3  # the layers always train
+        assert model.embed_tokens.weight.requires_grad == (emb_lr != 0.0)
+    assert moved[0.0] == 0.0 and 0 < moved[1e-4] < moved[None]
+
+
 def test_distillation_only_without_instructions(tmp_path):
     """Pure dense-teacher distillation (no InfoNCE, no KL) trains, and a no-instruction model embeds queries plainly."""
     from lganna_rag.training.trainer import train

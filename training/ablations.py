@@ -1,9 +1,10 @@
 """Ablations of the LG-ANNA recipe: each component switched off in turn, same data and step budget.
 
-Training-time variants (each a full, shorter run of :func:`~lganna_rag.training.trainer.train`):
-full recipe, hard labels only (no KL), no mining / fixed threshold / adaptive margin, no ICL examples
-at training time, no instructions. Query-time variants (on the full-recipe model): with and without
-few-shot examples, without instructions. Scores are the trainer's dev metrics (STSBenchmark dev
+Training-time variants (each a full, shorter run of :func:`~lganna_rag.training.trainer.train`),
+relative to the shipped recipe (plain queries): hard labels only (no KL), no distillation, no mining /
+fixed threshold / adaptive margin, instructions with and without ICL examples at training time.
+Query-time variants (on the instruction-trained model): with and without few-shot examples, without
+instructions. Scores are the trainer's dev metrics (STSBenchmark dev
 Spearman, held-out retrieval MRR@10 of the training sources; never test data).
 
     python -m lganna_rag.training.ablations --steps 150      # writes benchmarks/results/ablations.{json,md}
@@ -21,14 +22,17 @@ from typing import Any, Callable
 from .trainer import TrainConfig, evaluate, load_config, prepare, sts_dev_pairs, train
 
 VARIANTS: dict[str, tuple[str, Callable[[TrainConfig], TrainConfig]]] = {
-    "full": ("full recipe (KL + adaptive mining + ICL + instructions)", lambda c: c),
-    "no-instructions": ("no instructions (train and query)", lambda c: dataclasses.replace(c, use_instructions=False)),
+    "full": ("shipped recipe (InfoNCE + KL + distillation + adaptive mining, plain queries)", lambda c: c),
     "no-kl": ("hard labels only (no KL term)", lambda c: dataclasses.replace(c, kl_weight=0.0)),
+    "no-distill": ("no dense-teacher distillation term", lambda c: dataclasses.replace(c, distill_weight=0.0)),
     "mining-none": ("no mining filter (k hardest candidates)",
                     lambda c: dataclasses.replace(c, mining=dataclasses.replace(c.mining, mode="none"))),
     "mining-fixed": ("fixed threshold mining (teacher score < 0.7)",
                      lambda c: dataclasses.replace(c, mining=dataclasses.replace(c.mining, mode="fixed"))),
-    "no-icl": ("no ICL examples at training time", lambda c: dataclasses.replace(c, icl_max_examples=0)),
+    "instructions": ("instructions + ICL examples at training time (the paper's prompts)",
+                     lambda c: dataclasses.replace(c, use_instructions=True)),
+    "instructions-no-icl": ("instructions, no ICL examples at training time",
+                            lambda c: dataclasses.replace(c, use_instructions=True, icl_max_examples=0)),
 }
 
 
@@ -51,13 +55,14 @@ def run_ablations(config: str | Path, steps: int, out_dir: Path, names: list[str
 
 
 def query_time_rows(config: str | Path, model_dir: Path, shots: int = 2) -> dict[str, Any]:
-    """The full-recipe model evaluated with 0 and ``shots`` query-time examples, and without instructions."""
+    """An instruction-trained model evaluated with 0 and ``shots`` query-time examples, and without instructions."""
     from lganna_rag.encoder import LGAnnaEncoder
 
     cfg = load_config(config)
     prep = prepare(cfg)
     sts_dev = sts_dev_pairs(cfg)
-    encoder = LGAnnaEncoder.from_pretrained(str(model_dir))
+    # at the training max_length, like the training rows (the exported model serves longer texts)
+    encoder = LGAnnaEncoder.from_pretrained(str(model_dir), max_length=cfg.max_length)
     return {
         "instructions, 0 examples": evaluate(encoder, prep, sts_dev, True, 0),
         f"instructions, {shots} examples": evaluate(encoder, prep, sts_dev, True, shots),
@@ -71,19 +76,15 @@ def write_report(rows: dict[str, Any], query_rows: dict[str, dict[str, Any]], pa
     path.with_suffix(".json").write_text(json.dumps({"training": rows, "query_time": query_rows}, indent=2))
     full = rows.get("full", {}).get("final", {}).get("dev_score")
     lines = ["# Ablations of the LG-ANNA recipe (lganna-mini student, dev metrics)", "",
-             "| variant | steps | STSB dev Spearman | retrieval dev MRR@10 | dev score | vs full | final loss |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| variant | steps | STSB dev Spearman | retrieval dev MRR@10 | dev score | vs full | untrained start | final loss |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         f = r["final"]
         delta = "" if full is None or name == "full" else f"{f['dev_score'] - full:+.2f}"
         lines.append(f"| {r['label']} | {r['steps']} | {f['sts_dev_spearman']:.2f} | {f['retrieval_dev_mrr10']:.2f} "
-                     f"| {f['dev_score']:.2f} | {delta} | {r['final_loss']} |")
-    if rows:
-        start = next(iter(rows.values()))["start"]
-        lines.append(f"| untrained start (WordLlama-equivalent) | 0 | {start['sts_dev_spearman']:.2f} | "
-                     f"{start['retrieval_dev_mrr10']:.2f} | {start['dev_score']:.2f} | | |")
+                     f"| {f['dev_score']:.2f} | {delta} | {r['start']['dev_score']:.2f} | {r['final_loss']} |")
     if query_rows:
-        lines += ["", "Query-time variants (the same trained model, different query rendering):", "",
+        lines += ["", "Query-time variants (the instruction-trained model, different query rendering; same max_length):", "",
                   "| query rendering | STSB dev Spearman | retrieval dev MRR@10 | dev score |", "|---|---:|---:|---:|"]
         for label, m in query_rows.items():
             lines.append(f"| {label} | {m['sts_dev_spearman']:.2f} | {m['retrieval_dev_mrr10']:.2f} | {m['dev_score']:.2f} |")
@@ -98,13 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="override the config's batch size")
     parser.add_argument("--out-dir", default="runs/ablations")
     parser.add_argument("--only", help="comma-separated variant names: " + ",".join(VARIANTS))
-    parser.add_argument("--query-model", help="model directory for the query-time rows (default: the full variant's best)")
+    parser.add_argument("--query-model", help="model directory for the query-time rows (default: the instructions variant's best)")
     parser.add_argument("--report", default="benchmarks/results/ablations.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(args.out_dir)
     rows = run_ablations(args.config, args.steps, out, args.only.split(",") if args.only else None, args.batch_size)
-    model = Path(args.query_model) if args.query_model else out / "full" / "best"
+    model = Path(args.query_model) if args.query_model else out / "instructions" / "best"
     query_rows = query_time_rows(args.config, model) if model.is_dir() else {}
     write_report(rows, query_rows, Path(args.report))
     print(Path(args.report).read_text())

@@ -96,6 +96,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-4
+    #: learning rate of the token-embedding table; ``None`` = ``lr``, ``0`` = frozen (follows the same schedule)
+    embedding_lr: float | None = None
     warmup_steps: int = 50
     weight_decay: float = 0.01
     temperature: float = 0.05
@@ -350,6 +352,19 @@ def load_checkpoint(path: Path, encoder: LGAnnaEncoder, optimizer: torch.optim.O
     return json.loads((path / "state.json").read_text())
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the embedding table gets ``embedding_lr`` (0 freezes it)."""
+    embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    scale = 1.0 if cfg.embedding_lr is None else cfg.embedding_lr / cfg.lr
+    if embedding is not None and scale == 0.0:
+        embedding.requires_grad_(False)
+    rest = [p for p in model.parameters() if p.requires_grad and p is not embedding]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if embedding is not None and embedding.requires_grad:
+        groups.append({"params": [embedding], "lr": cfg.lr * scale, "lr_scale": scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _lr(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -381,8 +396,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     encoder = build_encoder(cfg)
     sts_dev = sts_dev_pairs(cfg, root)
     model = encoder.model
+    optimizer = build_optimizer(model, cfg)  # before DDP wraps the model: it may freeze the embedding table
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"best": None, "history": []}
     step = 0
     ckpt = out / "checkpoint"
@@ -418,7 +433,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
                 logger.info("time budget reached at step %d", step)
                 break
             for g in optimizer.param_groups:
-                g["lr"] = _lr(step, cfg)
+                g["lr"] = _lr(step, cfg) * g["lr_scale"]
             idx = batch_indices(len(prep.examples), cfg.batch_size, step, cfg.seed, rank, world)
             queries, docs, probs = render_batch(cfg, prep, idx, step, encoder)
             q_ids, _ = encoder.tokenize(queries, cfg.max_length)
