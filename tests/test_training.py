@@ -1,5 +1,8 @@
 """The student model builder (WordLlama start) and, later, the trainer."""
 
+import json
+import time
+
 import numpy as np
 import pytest
 
@@ -83,7 +86,12 @@ def test_training_decreases_loss_and_resumes_exactly(tmp_path):
 
     cfg = _tiny_config(tmp_path / "b")
     first = train(cfg, max_steps=10, progress=False)
+    state_path = tmp_path / "b" / "run" / "checkpoint" / "state.json"
+    wall_first = json.loads(state_path.read_text())["wall_seconds"]
+    t0 = time.time()
     second = train(cfg, progress=False)  # resumes from the step-10 checkpoint
+    # the wall time recorded (and the time budget) covers the whole run, not only the resumed part
+    assert json.loads(state_path.read_text())["wall_seconds"] > wall_first + 0.5 * (time.time() - t0)
     assert first["steps"] == 10 and second["steps"] == 20
     np.testing.assert_allclose(second["losses"], full["losses"][10:], rtol=1e-5)
     wa = load_file(str(tmp_path / "a" / "run" / "checkpoint" / "trainable.safetensors"))
@@ -133,6 +141,7 @@ def test_distillation_only_without_instructions(tmp_path):
     best = LGAnnaEncoder.from_pretrained(tmp_path / "run" / "best")
     assert best.config.prompt_template is None and best.config.provenance["instructions"] is False
     assert best.config.provenance["loss_weights"]["distill"] == 1.0
+    assert best.config.provenance["optimizer"]["lr"] == cfg.lr and best.config.provenance["optimizer"]["embedding_lr"] is None
     np.testing.assert_allclose(best.encode_queries(["a cat sat on the mat"], task="MSRP"),
                                best.encode_documents(["a cat sat on the mat"]), atol=1e-6)
 

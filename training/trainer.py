@@ -404,6 +404,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
     if resume and ckpt.is_dir():
         state = load_checkpoint(ckpt, encoder, optimizer)
         step = state.pop("step")
+        started -= state.pop("wall_seconds", 0.0)  # wall time (and the time budget) count the whole run
         logger.info("resumed from %s at step %d", ckpt, step)
     if rank == 0 and not state["history"]:
         state["history"].append({"step": 0, "loss": None, **evaluate(encoder, prep, sts_dev, cfg.use_instructions)})
@@ -459,12 +460,12 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
             if rank == 0 and (step % cfg.eval_every == 0 or step == last):
                 eval_and_export()
             if rank == 0 and (step % cfg.save_every == 0 or step == last):
-                save_checkpoint(ckpt, encoder, optimizer, step, state)
+                save_checkpoint(ckpt, encoder, optimizer, step, {**state, "wall_seconds": time.time() - started})
             if world > 1:
                 torch.distributed.barrier()
         if rank == 0 and losses and state["history"][-1]["step"] != step:  # stopped by the time budget
             eval_and_export()
-            save_checkpoint(ckpt, encoder, optimizer, step, state)
+            save_checkpoint(ckpt, encoder, optimizer, step, {**state, "wall_seconds": time.time() - started})
     finally:
         encoder.model = model
         bar.close()
@@ -491,6 +492,9 @@ def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path
         "data": {"sources": cfg.sources, "examples": len(prep.examples)},
         "student": dataclasses.asdict(cfg.student) if cfg.base_model is None else None,
         "base_model": cfg.base_model, "best": state.get("best"),
+        "optimizer": {"lr": cfg.lr, "embedding_lr": cfg.embedding_lr, "weight_decay": cfg.weight_decay,
+                      "warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "batch_size": cfg.batch_size,
+                      "max_length": cfg.max_length, "temperature": cfg.temperature},
         "wall_minutes": round((time.time() - started) / 60, 1), "prompt_version": PROMPT_VERSION,
     }
     if cfg.base_model is None:
