@@ -353,15 +353,17 @@ def load_checkpoint(path: Path, encoder: LGAnnaEncoder, optimizer: torch.optim.O
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; the embedding table gets ``embedding_lr`` (0 freezes it)."""
+    """AdamW over the trainable parameters; with ``embedding_lr`` set, the embedding table gets its own group (0 freezes it)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
     embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
-    scale = 1.0 if cfg.embedding_lr is None else cfg.embedding_lr / cfg.lr
-    if embedding is not None and scale == 0.0:
-        embedding.requires_grad_(False)
-    rest = [p for p in model.parameters() if p.requires_grad and p is not embedding]
+    if cfg.embedding_lr is None or embedding is None or not embedding.requires_grad:
+        return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rest = [p for p in trainable if p is not embedding]
     groups = [{"params": rest, "lr_scale": 1.0}]
-    if embedding is not None and embedding.requires_grad:
-        groups.append({"params": [embedding], "lr": cfg.lr * scale, "lr_scale": scale})
+    if cfg.embedding_lr == 0.0:
+        embedding.requires_grad_(False)
+    else:
+        groups.append({"params": [embedding], "lr": cfg.embedding_lr, "lr_scale": cfg.embedding_lr / cfg.lr})
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -434,7 +436,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, ma
                 logger.info("time budget reached at step %d", step)
                 break
             for g in optimizer.param_groups:
-                g["lr"] = _lr(step, cfg) * g["lr_scale"]
+                g["lr"] = _lr(step, cfg) * g.get("lr_scale", 1.0)
             idx = batch_indices(len(prep.examples), cfg.batch_size, step, cfg.seed, rank, world)
             queries, docs, probs = render_batch(cfg, prep, idx, step, encoder)
             q_ids, _ = encoder.tokenize(queries, cfg.max_length)
