@@ -314,9 +314,14 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
 @click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]), help="Ranking: dense (default), sparse "
               "(BM25 only) or hybrid.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def search_cmd(query: str, store_path: Path | None, url: str | None, api_key: str | None, collection: str,
-               timeout: float, model: str | None, k: int, task: str | None, instruction: str | None,
-               examples: Path | None, filters: tuple[str, ...], hybrid: bool, mode: str | None, as_json: bool) -> None:
+@click.option("--server", envvar="LGANNA_SERVER", show_envvar=True, metavar="URL",
+              help="Ask a running `lganna-rag serve` (e.g. http://127.0.0.1:8088) instead of loading the model here.")
+@click.option("--server-api-key", envvar="LGANNA_API_KEY", show_envvar=True, help="Bearer token for --server.")
+@click.pass_context
+def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str | None, api_key: str | None,
+               collection: str, timeout: float, model: str | None, k: int, task: str | None, instruction: str | None,
+               examples: Path | None, filters: tuple[str, ...], hybrid: bool, mode: str | None, as_json: bool,
+               server: str | None, server_api_key: str | None) -> None:
     """Search a collection for QUERY.
 
     \b
@@ -326,16 +331,21 @@ def search_cmd(query: str, store_path: Path | None, url: str | None, api_key: st
       lganna-rag search "heat pump noise" --filter source=faq.md --json
       lganna-rag search "null pointer in parser" --instruction "Given a bug report, retrieve the code that fixes it"
       lganna-rag search "aspirin and stroke" --task SciFact --examples shots.jsonl
+      lganna-rag search "rotate API key" --server http://127.0.0.1:8088     # a running `lganna-rag serve`
     """
     if hybrid and mode not in (None, "hybrid"):
         raise click.UsageError("--hybrid conflicts with --mode " + str(mode))
     chosen = "hybrid" if hybrid else (mode or "dense")
     where = _parse_filters(filters)
     shots = read_examples(examples) if examples is not None else None
-    with _errors():
-        the_task = _task(task, instruction)
-        with _open_index(store_path, url, api_key, collection, timeout, model) as index:
-            hits = index.search(query, k, task=the_task, examples=shots, where=where, mode=chosen)
+    if server:
+        hits = _search_server(ctx, server, server_api_key, query, k, chosen, where, task, instruction, shots,
+                              collection, timeout)
+    else:
+        with _errors():
+            the_task = _task(task, instruction)
+            with _open_index(store_path, url, api_key, collection, timeout, model) as index:
+                hits = index.search(query, k, task=the_task, examples=shots, where=where, mode=chosen)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
         return
@@ -348,6 +358,32 @@ def search_cmd(query: str, store_path: Path | None, url: str | None, api_key: st
         click.echo(click.style(f"{rank:>2}. {h.score:.4f}  {where_from}{span}", bold=True))
         snippet = " ".join(h.text.split())
         click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
+
+
+def _search_server(ctx: click.Context, server: str, key: str | None, query: str, k: int, mode: str,
+                   where: dict[str, Any] | None, task: str | None, instruction: str | None,
+                   shots: list[tuple[str, str]] | None, collection: str, timeout: float) -> list[Any]:
+    """Hits from a running ``lganna-rag serve`` (no torch, no model load here)."""
+    from .index import Hit
+    from .serve import RemoteError, search_remote
+
+    explicit = ctx.get_parameter_source("collection") not in (click.core.ParameterSource.DEFAULT, None)
+    for name in ("store_path", "url", "model"):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--{name.replace('store_', '')} does not apply with --server (the server holds "
+                                   f"its model and collection)")
+    if task and instruction:
+        raise click.UsageError("give --task or --instruction, not both")
+    try:
+        rows = search_remote(server, query, k=k, mode=mode, where=where, task=task, instruction=instruction,
+                             examples=shots, collection=collection if explicit else None, api_key=key,
+                             timeout=max(timeout, 30.0))
+    except RemoteError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 429):
+            raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
+    fields = ("id", "score", "text", "source", "chunk", "start", "end")
+    return [Hit(*(r.get(f) for f in fields), {k: v for k, v in r.items() if k not in ("id", "score")}) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------- info
@@ -448,6 +484,87 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
         if no_text:
             record.pop("text")
         out.write(json.dumps({**record, "vector": [round(float(x), 7) for x in vector]}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; anything else exposes the server: set --api-key).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8088, show_default=True)
+@_model_option
+@click.option("--collection", "-c", envvar="LGANNA_COLLECTION", show_envvar=True,
+              help="Also serve POST /v1/search over this collection (its model is served unless --model is given).")
+@click.option("--path", "store_path", type=click.Path(file_okay=False, path_type=Path), envvar="LGANNA_STORE",
+              show_envvar=True, help="Local store folder for --collection (default ./.lganna).")
+@click.option("--url", envvar="QDRANT_URL", show_envvar=True, help="Qdrant server URL for --collection.")
+@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", show_envvar=True, help="API key for --url.")
+@click.option("--api-key", envvar="LGANNA_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1/* (401 otherwise).")
+@click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True,
+              help="Most texts merged into one forward-pass group.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long an idle batcher waits for more requests.")
+@click.option("--max-queue", type=click.IntRange(1), default=4096, show_default=True,
+              help="Texts queued or in flight, at most; above it requests get 429 + Retry-After.")
+@click.option("--max-inputs", type=click.IntRange(1), default=2048, show_default=True, help="Inputs per request (413 above).")
+@click.option("--max-chars", type=click.IntRange(1), default=50_000, show_default=True,
+              help="Characters per input (400 above).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Encoder batch size.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds to let in-flight requests finish after SIGTERM/Ctrl-C.")
+def serve_cmd(host: str, port: int, model: str | None, collection: str | None, store_path: Path | None,
+              url: str | None, qdrant_api_key: str | None, api_key: str | None, max_batch: int, max_wait_ms: float,
+              max_queue: int, max_inputs: int, max_chars: int, batch_size: int, shutdown_timeout: float) -> None:
+    """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/models, /health, /v1/search.
+
+    The model stays loaded, so each request costs only its forward pass; concurrent requests share
+    forward passes. Any OpenAI client works: OpenAI(base_url="http://127.0.0.1:8088/v1", api_key=KEY).
+
+    \b
+    Examples:
+      lganna-rag serve                                   # default model on 127.0.0.1:8088
+      lganna-rag serve --model minilm --collection docs  # and /v1/search over ./.lganna/docs
+      LGANNA_API_KEY=secret lganna-rag serve --host 0.0.0.0 --port 9000
+      curl -s localhost:8088/v1/embeddings -d '{"input": ["hello"], "model": "minilm"}'
+      lganna-rag search "rotate API key" --server http://127.0.0.1:8088
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise click.ClickException("serve needs Starlette and uvicorn: pip install 'lganna-rag[serve]'")
+    from rich.console import Console
+
+    from .serve import ServeSettings, serve
+
+    console = Console(stderr=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
+    with _errors():
+        settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                 max_inputs=max_inputs, max_chars=max_chars, batch_size=batch_size, api_key=api_key)
+        index = None
+        if collection:
+            index = _open_index(store_path, url, qdrant_api_key, collection, 10.0, model)
+            if not index.exists:
+                raise click.UsageError(f"collection {collection!r} does not exist in {index.backend.describe()}; "
+                                       f"index something first: lganna-rag index PATH --collection {collection}")
+            encoder = index.encoder
+        else:
+            from .encoder import LGAnnaEncoder
+
+            encoder = LGAnnaEncoder.from_pretrained(model)
+        console.print(f"serving {encoder.name} ({encoder.dimension}-d)"
+                      + (f" and collection {collection!r}" if index is not None else "")
+                      + f" on http://{host}:{port}  (POST /v1/embeddings, /v1/search; GET /v1/models, /health)",
+                      highlight=False)
+        try:
+            stats = serve(encoder, index=index, host=host, port=port, settings=settings,
+                          shutdown_timeout=shutdown_timeout)
+        finally:
+            if index is not None:
+                index.close()
+    console.print(f"stopped: finished {stats.requests} requests ({stats.texts} texts in {stats.batches} batches, "
+                  f"{stats.rejected} rejected as overloaded)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- delete

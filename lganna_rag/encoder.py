@@ -315,6 +315,22 @@ class LGAnnaEncoder:
                 "%d of %d texts were longer than max_length=%d tokens and were truncated",
                 truncated, len(texts), max_length or self.config.max_length,
             )
+        return self.encode_ids(ids, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                               normalize_embeddings=normalize_embeddings)
+
+    def encode_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = False,
+        normalize_embeddings: bool | None = None,
+    ) -> np.ndarray:
+        """Embed texts already tokenised by :meth:`tokenize`, in length-sorted batches; rows in input order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not ids:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         n_batches = (len(order) + batch_size - 1) // batch_size
