@@ -78,8 +78,25 @@ def _store_options(func: Callable) -> Callable:
     return func
 
 
+def _check_model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Fail at once (before torch loads) on a --model that is no registered name, directory or hub id."""
+    import difflib
+    import re
+
+    from .models import REGISTRY
+
+    if value is None or value in REGISTRY or Path(value).expanduser().exists():
+        return value
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):  # a hub id: resolved (or refused offline) when loaded
+        return value
+    close = difflib.get_close_matches(value.lower(), list(REGISTRY), n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise click.BadParameter(f"no model {value!r}: {hint}It is not a registered name ({', '.join(REGISTRY)}), not a "
+                             f"local directory, and not a Hugging Face hub id (org/name)", ctx=ctx, param=param)
+
+
 _model_option = click.option(
-    "--model", "-m", envvar="LGANNA_MODEL", show_envvar=True,
+    "--model", "-m", envvar="LGANNA_MODEL", show_envvar=True, callback=_check_model_name,
     help="Model name (lganna-mini, minilm, ...), directory or hub id. Default: the collection's model, else the "
          "default model.",
 )
@@ -92,7 +109,7 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
-    except click.ClickException:
+    except (click.ClickException, click.Abort):
         raise
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
@@ -133,6 +150,52 @@ def _parse_filters(items: tuple[str, ...]) -> dict[str, Any] | None:
     return where or None
 
 
+#: How ``search`` labels each mode's score: a cosine, a BM25 score, or a reciprocal-rank-fusion score.
+SCORE_LABELS = {"dense": "cos", "sparse": "BM25", "hybrid": "RRF"}
+
+
+def display_names(files: list[tuple[str | None, str | None]]) -> list[str | None]:
+    """Names to print for ``(root, source)`` pairs: the source, or, where one source name comes from several
+    roots, the shortest tail of each root that tells them apart (``docs/README.md`` vs ``notes/README.md``)."""
+    roots: dict[str, set[str]] = {}
+    for root, source in files:
+        if source is not None:
+            roots.setdefault(source, set()).add(root or "")
+    shown: dict[tuple[str, str], str] = {}
+    for source, group in roots.items():
+        if len(group) == 1:
+            shown[(next(iter(group)), source)] = source
+            continue
+        parts = {r: Path(r).parts for r in group}
+        for depth in range(1, max(len(p) for p in parts.values()) + 1):
+            names = {r: "/".join([*p[-depth:], source]) for r, p in parts.items()}
+            if len(set(names.values())) == len(names):
+                break
+        shown.update({(r, source): names[r] for r in group})
+    return [None if s is None else shown[(r or "", s)] for r, s in files]
+
+
+@contextlib.contextmanager
+def _echo_library_warnings() -> Iterator[None]:
+    """Print the library's user warnings (e.g. an instruction the model ignores) as one clean line each."""
+    import warnings
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
+    finally:
+        seen = set()
+        for w in caught:
+            text = str(w.message)
+            if not issubclass(w.category, UserWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif text not in seen:
+                seen.add(text)
+                click.echo(f"warning: {text}", err=True)
+
+
 def read_examples(path: Path) -> list[tuple[str, str]]:
     """Few-shot examples from a JSON list or JSONL file of ``{"query", "response"}`` objects or pairs."""
     text = path.read_text(encoding="utf-8")
@@ -164,9 +227,23 @@ def _task(task: str | None, instruction: str | None) -> Any:
     if task:
         try:
             return get_task(task)
-        except KeyError as exc:
-            raise click.BadParameter(str(exc.args[0] if exc.args else exc), param_hint="--task") from None
+        except KeyError:
+            raise click.BadParameter(_unknown_task_message(task), param_hint="--task") from None
     return None
+
+
+def _unknown_task_message(task: str) -> str:
+    """A CLI-worded error for an unknown --task: the close registered names, and --instruction for your own."""
+    import difflib
+
+    from .prompts import TASK_TYPES, task_names
+
+    names = task_names()
+    lowered = {n.lower(): n for n in names}
+    close = [lowered[m] for m in difflib.get_close_matches(task.lower(), list(lowered), n=3, cutoff=0.7)]
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (f"unknown task {task!r}; {hint}Use a task type ({', '.join(TASK_TYPES)}) or a dataset name "
+            f"(SciFact, ArguAna, ...), or give your own instruction with --instruction \"...\"")
 
 
 @contextlib.contextmanager
@@ -194,7 +271,9 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
         f"[bold]{len(r.indexed)}[/] files indexed, {len(r.unchanged)} unchanged, {len(r.skipped)} skipped, "
         f"[{'red' if r.failed else 'default'}]{len(r.failed)} failed[/], {len(r.pruned)} removed; "
         f"{r.chunks_written} chunks written ({r.chunks_reused} reused, {r.chunks_deleted} deleted) in "
-        f"{r.seconds:.1f} s ({r.chunks_per_second:.1f} chunks/s); collection now holds {total_chunks} chunks",
+        f"{r.seconds:.1f} s ("
+        + (f"{r.load_seconds:.1f} s loading the model; " if r.load_seconds >= 0.05 else "")
+        + f"{r.chunks_per_second:.1f} chunks/s); collection now holds {total_chunks} chunks",
         highlight=False,
     )
     for title, items, style in (("failed", r.failed, "red"), ("skipped", r.skipped, "yellow")):
@@ -217,7 +296,8 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
               help="Only index matching files (repeatable); also admits unknown file types as text.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files or folders (repeatable); "
               "hidden files, node_modules and __pycache__ are always skipped.")
-@click.option("--chunk-size", type=click.IntRange(8), help="Tokens per chunk (default 256, or the model's limit).")
+@click.option("--chunk-size", type=click.IntRange(8), help="Tokens per chunk (default 256, or the most the model's input holds if that is "
+              "fewer: 252 for minilm).")
 @click.option("--overlap", type=click.IntRange(0), help="Tokens shared by consecutive chunks (default 32).")
 @click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
               help="Skip files larger than this.")
@@ -310,9 +390,12 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
               help='Few-shot examples: JSON list or JSONL of {"query": ..., "response": ...}.')
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Only chunks whose payload KEY equals VALUE (repeat a key for any-of), e.g. source=guide/intro.md.")
-@click.option("--hybrid", is_flag=True, help="Fuse dense and BM25 rankings (RRF); same as --mode hybrid.")
-@click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]), help="Ranking: dense (default), sparse "
-              "(BM25 only) or hybrid.")
+@click.option("--dense", is_flag=True, help="Rank by the embedding model alone (score: cosine similarity).")
+@click.option("--sparse", is_flag=True, help="Rank by BM25 alone (score: BM25).")
+@click.option("--hybrid", is_flag=True, help="Fuse the dense and BM25 rankings by reciprocal rank (the default; "
+              "score: RRF, higher is better).")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]), help="Ranking, as a value: hybrid "
+              "(default), dense or sparse.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--server", envvar="LGANNA_SERVER", show_envvar=True, metavar="URL",
               help="Ask a running `lganna-rag serve` (e.g. http://127.0.0.1:8088) instead of loading the model here.")
@@ -320,29 +403,33 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
 @click.pass_context
 def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str | None, api_key: str | None,
                collection: str, timeout: float, model: str | None, k: int, task: str | None, instruction: str | None,
-               examples: Path | None, filters: tuple[str, ...], hybrid: bool, mode: str | None, as_json: bool,
-               server: str | None, server_api_key: str | None) -> None:
+               examples: Path | None, filters: tuple[str, ...], dense: bool, sparse: bool, hybrid: bool,
+               mode: str | None, as_json: bool, server: str | None, server_api_key: str | None) -> None:
     """Search a collection for QUERY.
 
     \b
     Examples:
-      lganna-rag search "how do I rotate the API key?"
-      lganna-rag search "rotate API key" --hybrid -k 10
+      lganna-rag search "how do I rotate the API key?"         # hybrid: dense + BM25 (RRF)
+      lganna-rag search "rotate API key" --dense -k 10           # or --sparse (BM25 only)
       lganna-rag search "heat pump noise" --filter source=faq.md --json
       lganna-rag search "null pointer in parser" --instruction "Given a bug report, retrieve the code that fixes it"
       lganna-rag search "aspirin and stroke" --task SciFact --examples shots.jsonl
       lganna-rag search "rotate API key" --server http://127.0.0.1:8088     # a running `lganna-rag serve`
     """
-    if hybrid and mode not in (None, "hybrid"):
-        raise click.UsageError("--hybrid conflicts with --mode " + str(mode))
-    chosen = "hybrid" if hybrid else (mode or "dense")
+    picked = {m for m, flag in (("dense", dense), ("sparse", sparse), ("hybrid", hybrid)) if flag} | ({mode} if mode else set())
+    if len(picked) > 1:
+        raise click.UsageError(f"choose one ranking: {' and '.join('--' + m for m in sorted(picked))} conflict")
+    chosen = picked.pop() if picked else "hybrid"
     where = _parse_filters(filters)
     shots = read_examples(examples) if examples is not None else None
+    if chosen == "sparse" and (task or instruction or shots):
+        click.echo("warning: --task, --instruction and --examples have no effect with --sparse (BM25 ranks the "
+                   "query text as it is)", err=True)
     if server:
         hits = _search_server(ctx, server, server_api_key, query, k, chosen, where, task, instruction, shots,
                               collection, timeout)
     else:
-        with _errors():
+        with _errors(), _echo_library_warnings():
             the_task = _task(task, instruction)
             with _open_index(store_path, url, api_key, collection, timeout, model) as index:
                 hits = index.search(query, k, task=the_task, examples=shots, where=where, mode=chosen)
@@ -352,10 +439,12 @@ def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str
     if not hits:
         click.echo("No results.")
         return
-    for rank, h in enumerate(hits, 1):
-        where_from = f"{h.source} #{h.chunk}" if h.source is not None else h.payload.get("doc_id", h.id)
+    label = SCORE_LABELS[chosen]
+    names = display_names([(h.payload.get("root"), h.source) for h in hits])
+    for rank, (h, name) in enumerate(zip(hits, names), 1):
+        where_from = f"{name} #{h.chunk}" if h.source is not None else h.payload.get("doc_id", h.id)
         span = f" [{h.start}:{h.end}]" if h.start is not None else ""
-        click.echo(click.style(f"{rank:>2}. {h.score:.4f}  {where_from}{span}", bold=True))
+        click.echo(click.style(f"{rank:>2}. {label} {h.score:.4f}  {where_from}{span}", bold=True))
         snippet = " ".join(h.text.split())
         click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
 
@@ -421,7 +510,12 @@ def info_cmd(store_path: Path | None, url: str | None, api_key: str | None, coll
     click.echo(f"chunks:       {info['chunks']}")
     click.echo(f"files:        {info['files']}")
     if info.get("chunking"):
-        click.echo(f"chunking:     {info['chunking']['size']} tokens, overlap {info['chunking']['overlap']}")
+        from .index import DEFAULT_CHUNK_SIZE
+
+        chunking = info["chunking"]
+        capped = chunking["size"] == chunking.get("model_limit", -1) and chunking["size"] < DEFAULT_CHUNK_SIZE
+        click.echo(f"chunking:     {chunking['size']} tokens, overlap {chunking['overlap']}"
+                   + (f" (the default {DEFAULT_CHUNK_SIZE}, capped at the most this model's input holds)" if capped else ""))
     if info["disk_bytes"]:
         click.echo(f"disk:         {info['disk_bytes'] / 1e6:.1f} MB")
 
@@ -454,7 +548,7 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
     if (task or instruction or examples) and not as_query:
         raise click.UsageError("--task, --instruction and --examples apply to queries: add --query")
     shots = read_examples(examples) if examples is not None else None
-    with _errors():
+    with _errors(), _echo_library_warnings():
         the_task = _task(task, instruction)
         encoder = LGAnnaEncoder.from_pretrained(model)
         records: list[dict[str, Any]] = []
@@ -590,10 +684,16 @@ def delete_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None,
     with _errors():
         with _open_index(store_path, url, api_key, collection, timeout) as index:
             if not index.exists:
-                raise click.UsageError(f"collection {collection!r} does not exist in {index.backend.describe()}")
+                raise click.UsageError(index.missing_message())
             if drop_all:
                 if not yes:
-                    click.confirm(f"Delete collection {collection!r} with {index.count()} chunks?", abort=True)
+                    try:
+                        click.confirm(f"Delete collection {collection!r} with {index.count()} chunks?", abort=True)
+                    except click.Abort:
+                        if sys.stdin.isatty():
+                            raise
+                        raise click.UsageError(f"--all asks for confirmation and there is no terminal to answer it: "
+                                               f"add --yes to delete collection {collection!r}") from None
                 index.drop()
                 click.echo(f"deleted collection {collection!r}")
                 return

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -111,6 +112,10 @@ def _require_safetensors(directory: Path, what: str = "model") -> None:
         raise ModelNotFoundError(f"{directory} holds no *.safetensors {what} weights{hint}")
 
 
+class PromptIgnoredWarning(UserWarning):
+    """A task, instruction or few-shot examples were given to a model without a prompt template (no effect)."""
+
+
 class LGAnnaEncoder:
     """Embeds queries (with instructions and examples) and documents with one transformer."""
 
@@ -194,9 +199,17 @@ class LGAnnaEncoder:
             torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         else:
             torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        model = AutoModel.from_pretrained(
-            directory, config=hf_config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights: 100%" bar on every load (and every CLI command)
+        try:
+            model = AutoModel.from_pretrained(
+                directory, config=hf_config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else directory
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
 
@@ -379,6 +392,13 @@ class LGAnnaEncoder:
         items = check_texts(texts)
         template = self.config.prompt_template
         if template is None:
+            if (task is not None or examples) and not getattr(self, "_warned_prompt_ignored", False):
+                self._warned_prompt_ignored = True
+                warnings.warn(
+                    f"model {self.name!r} has no prompt template (it was not trained with instructions): the task, "
+                    f"instruction and few-shot examples have no effect; queries are embedded as plain text",
+                    PromptIgnoredWarning, stacklevel=3,
+                )
             return items
         resolved = get_task(task if task is not None else self.config.default_task, examples)
         return [self.fit_query(t, resolved) for t in items]

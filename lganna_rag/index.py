@@ -97,12 +97,15 @@ class IndexReport:
     pruned: list[str] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    #: Seconds of ``seconds`` spent loading the model (not counted in ``chunks_per_second``).
+    load_seconds: float = 0.0
     interrupted: bool = False
 
     @property
     def chunks_per_second(self) -> float:
-        """Chunks written per second of the whole run."""
-        return self.chunks_written / self.seconds if self.seconds > 0 else 0.0
+        """Chunks written per second of the run, model loading excluded."""
+        busy = self.seconds - self.load_seconds
+        return self.chunks_written / busy if busy > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -111,7 +114,7 @@ class IndexReport:
             "files_skipped": len(self.skipped), "files_failed": len(self.failed), "files_pruned": len(self.pruned),
             "chunks_written": self.chunks_written, "chunks_reused": self.chunks_reused,
             "chunks_deleted": self.chunks_deleted, "seconds": round(self.seconds, 3),
-            "chunks_per_second": round(self.chunks_per_second, 2), "interrupted": self.interrupted,
+            "load_seconds": round(self.load_seconds, 3), "chunks_per_second": round(self.chunks_per_second, 2), "interrupted": self.interrupted,
             "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
             "failed": [{"source": s.source, "reason": s.reason} for s in self.failed],
             "warnings": [{"source": s, "warning": w} for s, w in self.warnings],
@@ -130,11 +133,13 @@ class IndexProgress:
     current: str = ""
     started: float = field(default_factory=time.perf_counter)
     event: str = "start"
+    #: Seconds since ``started`` spent loading the model (not counted in ``chunks_per_second``).
+    load_seconds: float = 0.0
 
     @property
     def chunks_per_second(self) -> float:
-        """Chunks written per second so far."""
-        elapsed = time.perf_counter() - self.started
+        """Chunks written per second so far, model loading excluded."""
+        elapsed = time.perf_counter() - self.started - self.load_seconds
         return self.chunks_written / elapsed if elapsed > 0 else 0.0
 
 
@@ -232,6 +237,8 @@ class Index:
         self.batch_size = batch_size
         self._model = str(model) if model is not None else None
         self._encoder = encoder
+        #: Seconds this index spent loading its model (``add_files`` rates leave them out).
+        self.load_seconds = 0.0
         self._sparse: SparseEncoder | None = None
         self._chunker: Chunker | None = None
         if recreate:
@@ -260,7 +267,9 @@ class Index:
             from .encoder import LGAnnaEncoder
 
             name = self._model or (self._meta["model"]["name"] if self._meta else None)
+            t0 = time.perf_counter()
             encoder = LGAnnaEncoder.from_pretrained(name)
+            self.load_seconds += time.perf_counter() - t0
             if self._meta is not None:
                 self._check_model(model_metadata(encoder))
             self._encoder = encoder
@@ -280,11 +289,21 @@ class Index:
 
     def _require(self) -> dict[str, Any]:
         if self._meta is None:
-            raise CollectionNotFoundError(
-                f"collection {self.collection!r} does not exist in {self.backend.describe()}; "
-                f"index something first: lganna-rag index PATH --collection {self.collection}"
-            )
+            raise CollectionNotFoundError(self.missing_message())
         return self._meta
+
+    def missing_message(self) -> str:
+        """Why this collection cannot be read: it does not exist; names the store's collections that do."""
+        store = self.backend.root if isinstance(self.backend, EdgeBackend) else (self.backend.url or "the Qdrant server")
+        try:
+            others = self.backend.list_collections()
+        except Exception:  # noqa: BLE001 - the listing is a hint; the message must not fail
+            others = []
+        option = "" if self.collection == DEFAULT_COLLECTION else f" --collection {self.collection}"
+        have = (f"it holds {', '.join(repr(c) for c in others)} (pick one with --collection NAME)" if others
+                else "it holds no collections yet")
+        return (f"collection {self.collection!r} does not exist in {store}; {have}; "
+                f"or index something first: lganna-rag index PATH{option}")
 
     @property
     def sparse(self) -> SparseEncoder:
@@ -397,7 +416,7 @@ class Index:
             )
         ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, size // 4)
         self._chunker = Chunker(enc.tokenizer, size, ov)  # validates the pair
-        return {"size": size, "overlap": ov}
+        return {"size": size, "overlap": ov, "model_limit": limit}  # model_limit: the most text tokens a chunk can hold
 
     def _get_chunker(self, chunking: dict[str, int]) -> Chunker:
         """A chunker with these settings (loads the model on first use)."""
@@ -438,6 +457,7 @@ class Index:
         that does not exist.
         """
         t_start = time.perf_counter()
+        loaded_before = self.load_seconds
         report = IndexReport()
         found = discover(paths, include, exclude)
         chunking = self._chunking(chunk_size, overlap)
@@ -445,7 +465,7 @@ class Index:
             self._ensure_collection([], chunking)
         state = self._file_state([f.root for f in found.files] + found.folder_roots +
                                  [s.root for s in found.skipped if s.root is not None])
-        prog = IndexProgress(files_total=len(found.files))
+        prog = IndexProgress(files_total=len(found.files), started=t_start)
         for s in found.skipped:
             (report.failed if s.failed else report.skipped).append(s)
 
@@ -476,6 +496,7 @@ class Index:
                 for key in [k for k, job in pending.items() if job["remaining"] == 0]:
                     finish(key)
                 prog.chunks_written, prog.chunks_pending, prog.event = report.chunks_written, len(batch), "batch"
+                prog.load_seconds = self.load_seconds - loaded_before
                 if progress:
                     progress(prog)
                 if should_stop is not None and should_stop():
@@ -527,6 +548,7 @@ class Index:
         if report.chunks_written or report.chunks_deleted:
             self.backend.optimize()
         report.seconds = time.perf_counter() - t_start
+        report.load_seconds = self.load_seconds - loaded_before
         prog.event = "done"
         if progress:
             progress(prog)
@@ -565,13 +587,15 @@ class Index:
         task: "Task | str | None" = None,
         examples: Iterable[Sequence[str]] | None = None,
         where: Where | None = None,
-        mode: str = "dense",
+        mode: str = "hybrid",
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query``.
 
-        ``mode`` is ``dense`` (the embedding model; the query gets ``task``'s instruction and ``examples``),
-        ``sparse`` (BM25) or ``hybrid`` (both, fused with reciprocal rank fusion). ``where`` filters on
-        payload fields: ``{"source": "guide/intro.md"}`` or a list of accepted values.
+        ``mode`` is ``hybrid`` (the default: dense and BM25 rankings fused by reciprocal rank fusion, so
+        ``Hit.score`` is an RRF score, not a cosine), ``dense`` (the embedding model alone; ``Hit.score`` is
+        the cosine similarity) or ``sparse`` (BM25 alone). In ``dense`` and ``hybrid`` the query gets
+        ``task``'s instruction and ``examples``. ``where`` filters on payload fields:
+        ``{"source": "guide/intro.md"}`` or a list of accepted values.
         """
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")

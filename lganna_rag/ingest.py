@@ -161,6 +161,9 @@ def _add_file(found: Discovery, path: Path, include: Sequence[str], excludes: Se
         return
     if include and not _matches(real.name, include):
         return
+    if not include and not is_supported(real.name):  # the same rule as inside folders: --include admits it as text
+        found.skipped.append(_unsupported(ref.source, real.name, root, real))
+        return
     found.files.append(ref)
 
 

@@ -125,9 +125,9 @@ def test_search_with_task_instruction_and_examples_file(cli, tmp_path, mistral):
     shots = tmp_path / "shots.jsonl"
     shots.write_text('{"query": "coffee drink", "response": "Espresso is brewed..."}\n["rock", "Magma rises"]\n')
     with_examples = json.loads(cli("search", "sharp chess positions", "--task", "retrieval", "--examples", str(shots),
-                                   "--json").stdout)
+                                   "--dense", "--json").stdout)
     plain = json.loads(cli("search", "sharp chess positions", "--instruction", "Find the chess opening",
-                           "--json").stdout)
+                           "--mode", "dense", "--json").stdout)
     # the tiny model is random, so compare scores with what the encoder gives for the same prompt
     from lganna_rag.prompts import Task
 
@@ -166,9 +166,69 @@ def test_embed_stdin_lines_and_files(cli, tmp_path, mistral):
 def test_demo_question_through_the_cli_with_minilm(tmp_path, minilm):
     runner = CliRunner()
     store = ["--path", str(tmp_path / "store")]
-    assert runner.invoke(main, ["index", str(REPO / "examples" / "docs"), *store, "--quiet"]).exit_code == 0
+    indexed = runner.invoke(main, ["index", str(REPO / "examples" / "docs"), *store, "--json"])
+    summary = json.loads(indexed.stdout)
+    # the rate leaves out loading the model, which is reported on its own
+    assert summary["load_seconds"] > 0 and summary["chunks_per_second"] == pytest.approx(
+        summary["chunks_written"] / (summary["seconds"] - summary["load_seconds"]), rel=0.02)
     out = runner.invoke(main, ["search", "how hot should the water be for green tea?", "-k", "1", *store]).output
-    assert "tea-brewing.html #0" in out
+    assert "tea-brewing.html #0" in out and " 1. RRF 0.0333  tea-brewing.html #0" in out  # hybrid by default
+    dense = runner.invoke(main, ["search", "how hot should the water be for green tea?", "-k", "1", "--dense", *store])
+    assert " 1. cos 0.7" in dense.output and "warning" not in dense.stderr
+    # minilm has no prompt template: an instruction changes nothing, and the CLI says so once
+    told = runner.invoke(main, ["search", "how hot should the water be for green tea?", "-k", "1", "--dense", *store,
+                                "--instruction", "Find brewing advice"])
+    assert told.stdout == dense.stdout
+    assert told.stderr.count("warning: model 'minilm' has no prompt template") == 1 and "no effect" in told.stderr
+    info = runner.invoke(main, ["info", *store]).output
+    assert "chunking:     252 tokens, overlap 32 (the default 256, capped at the most this model's input holds)" in info
+
+
+def test_search_modes_missing_collection_task_typo_and_unknown_model(cli, tmp_path):
+    docs = write_topics(tmp_path / "docs")
+    assert cli("index", str(docs), "-c", "notes").exit_code == 0
+    missing = cli("search", "q")
+    assert missing.exit_code == 2 and "collection 'default' does not exist in" in missing.output
+    assert "it holds 'notes' (pick one with --collection NAME)" in missing.output
+    assert missing.output.count("'default'") == 1  # named once
+    sparse = cli("search", "basalt lava", "-c", "notes", "--sparse", "-k", "1")
+    assert sparse.exit_code == 0 and " 1. BM25 " in sparse.output and "volcanoes.md #0" in sparse.output
+    both = cli("search", "q", "-c", "notes", "--sparse", "--dense")
+    assert both.exit_code == 2 and "choose one ranking: --dense and --sparse conflict" in both.output
+    typo = cli("search", "q", "-c", "notes", "--task", "retreival")
+    assert typo.exit_code == 2 and "did you mean 'retrieval'?" in typo.output and "--instruction" in typo.output
+    assert "Task(" not in typo.output  # a CLI user gets CLI words, not the Python API
+    # an unknown model fails while parsing, before torch is imported, and suggests the close name
+    code = ("import sys; from click.testing import CliRunner; from lganna_rag.cli import main; "
+            f"r = CliRunner().invoke(main, ['search', 'q', '--path', {str(tmp_path / 'store')!r}, '--model', 'minlm']); "
+            "assert r.exit_code == 2, r.output; assert \"did you mean 'minilm'?\" in r.output, r.output; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_delete_all_without_a_terminal_suggests_yes(cli, tmp_path):
+    assert cli("index", str(write_topics(tmp_path / "docs"))).exit_code == 0
+    result = cli("delete", "--all")  # CliRunner's stdin is no terminal: nothing can answer the question
+    assert result.exit_code == 2 and "add --yes" in result.output
+    assert json.loads(cli("info", "--json").stdout)["exists"] is True  # nothing deleted
+
+
+def test_same_named_files_from_two_folders_print_distinguishable_paths(cli, tmp_path):
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(f"The {name} project keeps its volcano notes here.\n")
+    assert cli("index", str(tmp_path / "alpha"), str(tmp_path / "beta")).exit_code == 0
+    out = cli("search", "volcano notes", "-k", "2", "--sparse").output
+    assert "alpha/README.md #0" in out and "beta/README.md #0" in out
+
+
+def test_display_names_use_the_shortest_distinguishing_tail():
+    from lganna_rag.cli import display_names
+
+    files = [("/a/x/docs", "README.md"), ("/b/y/docs", "README.md"), ("/a/x/docs", "guide.md"), (None, None),
+             ("/a/x/docs", "README.md")]
+    assert display_names(files) == ["x/docs/README.md", "y/docs/README.md", "guide.md", None, "x/docs/README.md"]
+
 
 
 # ---------------------------------------------------------------------------------------------- crash safety

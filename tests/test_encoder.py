@@ -252,3 +252,34 @@ def test_few_shot_examples_that_do_not_fit_are_dropped_not_the_query(mistral_dir
     tight = LGAnnaEncoder.from_pretrained(mistral_dir, max_length=24)
     bare = tight.render_queries([query], Task("t", "Find facts", examples=(short_example,)))[0]
     assert bare == "Instruct: Find facts\nQuery: " + query
+
+
+def test_instructions_for_a_model_without_prompt_template_warn_once(mistral_dir):
+    """A task, instruction or examples that a model cannot use (no prompt template) is said once, not silently ignored."""
+    import warnings
+
+    from lganna_rag.encoder import PromptIgnoredWarning
+
+    plain = LGAnnaEncoder.from_pretrained(mistral_dir, prompt_template=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bare = plain.encode_queries(["capital of France?"])
+        assert not [w for w in caught if w.category is PromptIgnoredWarning]  # nothing asked, nothing to say
+        with_task = plain.encode_queries(["capital of France?"], task=Task("geo", "Find the capital"))
+        again = plain.encode_queries(["capital of France?"], task="retrieval", examples=[("q", "a")])
+    ignored = [w for w in caught if w.category is PromptIgnoredWarning]
+    assert len(ignored) == 1 and "no prompt template" in str(ignored[0].message) and "no effect" in str(ignored[0].message)
+    np.testing.assert_array_equal(bare, with_task)  # really no effect: the warning is true
+    np.testing.assert_array_equal(bare, again)
+    with warnings.catch_warnings(record=True) as caught:  # a model with a template uses them: no warning
+        warnings.simplefilter("always")
+        LGAnnaEncoder.from_pretrained(mistral_dir).encode_queries(["q"], task="retrieval")
+    assert not [w for w in caught if w.category is PromptIgnoredWarning]
+
+
+def test_loading_prints_no_transformers_weight_bar(mistral_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    LGAnnaEncoder.from_pretrained(mistral_dir)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's own setting is restored

@@ -66,11 +66,23 @@ def test_filters_metadata_and_payload_indexes(example_index, minilm):
     assert {h.source for h in both} == {"sourdough.md", "tea-brewing.html"}
     info = example_index.info()
     assert info["model"] == model_metadata(minilm) and info["files"] == 7 and info["chunks"] == example_index.count()
-    assert info["chunking"] == {"size": 252, "overlap": 32} and info["bm25"]["k"] == 1.2
+    assert info["chunking"] == {"size": 252, "overlap": 32, "model_limit": 252} and info["bm25"]["k"] == 1.2
     assert set(example_index.backend._open().info().payload_schema) == {"source", "root"}
     hit = example_index.search("bees swarm", k=1)[0]
     text = (Path(hit.payload["root"]) / hit.source).read_text()
     assert text[hit.start:hit.end] == hit.text  # character span into the original file
+
+
+def test_hybrid_is_the_default_search(example_index):
+    """Index.search ranks by dense + BM25 (RRF) unless told otherwise; its scores are RRF scores, not cosines."""
+    question = "how hot should the water be for green tea?"
+    default = example_index.search(question, k=5)
+    hybrid, dense = example_index.search(question, k=5, mode="hybrid"), example_index.search(question, k=5, mode="dense")
+    assert [(h.id, h.score) for h in default] == [(h.id, h.score) for h in hybrid]
+    assert [h.score for h in default] != [h.score for h in dense]
+    # reciprocal rank fusion (Qdrant: 1/(60 + rank), rank from 0): the file first in both rankings scores 2/60
+    assert default[0].source == dense[0].source == "tea-brewing.html" and default[0].score == pytest.approx(2 / 60)
+    assert all(0 < h.score <= 2 / 60 + 1e-6 for h in default)  # (float32 scores)
 
 
 def test_search_rejects_bad_arguments(example_index):

@@ -55,6 +55,19 @@ def test_discover_files_and_globs_and_missing_paths(tmp_path):
         discover([str(tmp_path / "*.xyz")])
 
 
+def test_file_types_follow_one_rule_whether_passed_directly_or_inside_a_folder(tmp_path):
+    """A text file named x.docx is skipped (unsupported type) both ways; --include admits it as text both ways."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "x.docx").write_text("plain text that only looks like a Word file")
+    direct, walked = discover([tmp_path / "docs" / "x.docx"]), discover([tmp_path / "docs"])
+    for found in (direct, walked):
+        assert found.files == []
+        assert [(s.source, s.reason) for s in found.skipped] == [
+            ("x.docx", "unsupported file type (.docx); use --include to index it as text")]
+    for found in (discover([tmp_path / "docs" / "x.docx"], include=["*.docx"]), discover([tmp_path / "docs"], include=["*.docx"])):
+        assert [f.source for f in found.files] == ["x.docx"] and found.skipped == []
+
+
 def test_empty_folder_finds_nothing(tmp_path):
     found = discover([tmp_path])
     assert found.files == [] and found.skipped == [] and found.folder_roots == [tmp_path.resolve()]

@@ -139,3 +139,22 @@ def test_mteb_wrapper_scores_a_real_sts_sample_with_minilm(minilm, sts_pairs):
     cos = np.asarray(model.similarity_pairwise(a, b))
     rho = spearmanr(cos, [r["score"] for r in rows]).statistic
     assert rho > 0.75, rho
+
+
+def test_framework_adapters_at_the_top_level_lazily_and_a_missing_framework_names_the_extra():
+    """`from lganna_rag import LGAnnaEmbedding` (LlamaIndex) works; without LangChain the error says what to install."""
+    code = (
+        "import sys; import lganna_rag\n"
+        "assert 'llama_index' not in sys.modules and 'langchain_core' not in sys.modules\n"
+        "from lganna_rag import LGAnnaEmbedding\n"
+        "from lganna_rag.integrations.llama_index import LGAnnaEmbedding as Direct\n"
+        "assert LGAnnaEmbedding is Direct\n"
+        "sys.modules['langchain_core'] = None  # as if only the core were installed\n"
+        "try:\n"
+        "    from lganna_rag import LGAnnaEmbeddings\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'pip install "lganna-rag[langchain]"' in out.stdout and "langchain_core" in out.stdout
