@@ -64,6 +64,25 @@ def speed_cmd(models: str, n: int, sizes: str, out_dir: Path) -> None:
     click.echo(f"report: {write_report(out_dir)}")
 
 
+@bench.command("serve")
+@click.option("--model", default="minilm", show_default=True)
+@click.option("--n", "n", default=400, show_default=True, help="Real texts for the throughput phases.")
+@click.option("--clients", default=8, show_default=True, help="Concurrent clients in the main load phase.")
+@click.option("--per-request", default=8, show_default=True, help="Texts per request.")
+@click.option("--queries", default=100, show_default=True, help="Single queries for the latency phase.")
+@click.option("--threads", default=1, show_default=True, help="Torch threads, in the server and in-process.")
+@click.option("--max-seconds", default=120.0, show_default=True, help="Time bound of each load phase.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+def serve_cmd(model: str, n: int, clients: int, per_request: int, queries: int, threads: int, max_seconds: float,
+              out_dir: Path) -> None:
+    """`lganna-rag serve` on loopback: throughput vs in-process, p50/p99, overload (429), cold search; serve.json/.md."""
+    from .serve_bench import run_serve_bench
+
+    run_serve_bench(model, n=n, clients=clients, per_request=per_request, n_queries=queries, threads=threads,
+                    max_seconds=max_seconds, out_dir=out_dir, progress=click.echo)
+    click.echo(f"wrote {out_dir / 'serve.json'} and serve.md")
+
+
 @bench.command("report")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 def report_cmd(out_dir: Path) -> None:

@@ -596,8 +596,9 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
               help="Require 'Authorization: Bearer KEY' on /v1/* (401 otherwise).")
 @click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True,
               help="Most texts merged into one forward-pass group.")
-@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="How long an idle batcher waits for more requests.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="How long an idle batcher waits for more requests (requests arriving during a batch always "
+                   "share the next one).")
 @click.option("--max-queue", type=click.IntRange(1), default=4096, show_default=True,
               help="Texts queued or in flight, at most; above it requests get 429 + Retry-After.")
 @click.option("--max-inputs", type=click.IntRange(1), default=2048, show_default=True, help="Inputs per request (413 above).")

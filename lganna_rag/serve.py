@@ -57,8 +57,9 @@ class ServeSettings:
 
     #: Most texts one forward pass group takes (a single larger request is still encoded in one group).
     max_batch: int = 64
-    #: How long the batcher waits for more requests once one arrived while idle (milliseconds).
-    max_wait_ms: float = 5.0
+    #: How long an idle batcher waits for more requests once one arrived (milliseconds). 0: start at once;
+    #: requests that arrive while a batch is encoding still go together into the next one.
+    max_wait_ms: float = 0.0
     #: Texts waiting or being encoded, at most; more gets 429 + Retry-After.
     max_queue: int = 4096
     #: Inputs per embeddings request, at most (413 above).
@@ -131,7 +132,7 @@ class MicroBatcher:
     """
 
     def __init__(self, encode: Callable[[list[str], list[int]], tuple[np.ndarray, list[int]]], *, max_batch: int = 64,
-                 max_wait_ms: float = 5.0, max_queue: int = 4096) -> None:
+                 max_wait_ms: float = 0.0, max_queue: int = 4096) -> None:
         """Create an idle batcher; call :meth:`start` inside the running event loop."""
         self._encode = encode
         self.max_batch = max_batch
