@@ -107,6 +107,18 @@ def render_query(query: str, task: Task | None, template: str = "e5") -> str:
     return sep.join(blocks)
 
 
+def query_prefix(rendered: str, query: str) -> str | None:
+    """The prompt part of a rendered query: ``rendered`` minus the trailing ``query``, or ``None``.
+
+    Mean-pooled models exclude these tokens from the pooled mean (they are attended to, not averaged),
+    as sentence-transformers' ``Pooling(include_prompt=False)`` does. ``None`` when the template does
+    not end with the query (e.g. ``bge-icl``), so there is no prefix to exclude.
+    """
+    if not rendered.endswith(query):
+        return None
+    return rendered[: len(rendered) - len(query)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Instruction registry
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lganna_rag.training.losses import distill_loss, group_scores, info_nce, soft_label_kl, teacher_distribution
+from lganna_rag.training.losses import LGAnnaLoss, group_scores, info_nce, soft_label_kl, teacher_distribution
 from lganna_rag.training.mining import keep_mask, mine_negatives
 
 
@@ -41,8 +41,11 @@ def test_info_nce_hand_computed():
     l0 = -math.log(math.exp(2) / (2 * math.exp(2) + 2))
     # q1 logits: [0, 2, 2, 0]; target 2 -> same value
     assert info_nce(q, docs, group_size=2, temperature=tau).item() == pytest.approx(l0, rel=1e-6)
-    with pytest.raises(ValueError, match="expected 4 docs"):
+    with pytest.raises(ValueError, match="expected at least 4 docs"):
         info_nce(q, docs[:3], group_size=2)
+    # another device's documents come first: the targets move by the offset, the value is the same
+    assert info_nce(q, torch.cat([torch.zeros(2, 2), docs]), 2, tau, offset=2).item() == pytest.approx(
+        -math.log(math.exp(2) / (2 * math.exp(2) + 2 + 2)), rel=1e-6)
 
 
 def test_group_scores_and_kl_hand_computed():
@@ -58,22 +61,55 @@ def test_group_scores_and_kl_hand_computed():
     assert soft_label_kl(torch.tensor([[0.3, 0.1]]), teacher_distribution(torch.tensor([[0.3, 0.1]]), 1.0), 1.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_teacher_distribution_and_distill_loss():
+def test_teacher_distribution_hand_computed():
     probs = teacher_distribution(torch.tensor([[2.0, 1.0, 0.0]]), temperature=1.0)
     e = [math.exp(2), math.exp(1), 1.0]
     assert probs[0].tolist() == pytest.approx([x / sum(e) for x in e], rel=1e-6)
-    # the student copies the teacher's geometry in another dimension (a rotation + zero padding): loss 0
-    tq, td = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0], [4.0, 3.0]])
-    rot = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
-    assert distill_loss(tq @ rot * 5, td @ rot, tq, td).item() == pytest.approx(0.0, abs=1e-6)
-    # one query, two docs: student cosines (1, 0), teacher cosines (0, 1) -> KL by hand at temperature 1, and
-    # the 3x3 cosine matrices differ in 4 off-diagonal entries by 1 -> MSE 4/9
-    q, d = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    t_q, t_d = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    p_s = [math.e / (math.e + 1), 1 / (math.e + 1)]
-    kl = sum(t * math.log(t / s) for t, s in zip(p_s[::-1], p_s))
-    assert distill_loss(q, d, t_q, t_d, temperature=1.0, sim_weight=0).item() == pytest.approx(kl, rel=1e-6)
-    assert distill_loss(q, d, t_q, t_d, temperature=1.0, sim_weight=1.0).item() == pytest.approx(kl + 4 / 9, rel=1e-6)
+
+
+class _Identity(torch.nn.Module):
+    """Stands in for a SentenceTransformer: the features already are the embeddings."""
+
+    def forward(self, features):
+        return {"sentence_embedding": features["x"]}
+
+
+def test_lganna_loss_is_infonce_plus_kl_and_gradcache_gives_the_same_gradients():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([[0.9, 0.3], [0.8, 0.8]])  # teacher scores of [positive, negative]
+    features = [{"x": q}, {"x": pos}, {"x": neg}]
+    tau = 0.5
+    nce = -math.log(math.exp(2) / (2 * math.exp(2) + 2))  # as in test_info_nce_hand_computed
+    # KL: student group scores [1, 0] for both queries; teacher probs softmax(labels / 0.1)
+    p_s = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+    kl = 0.0
+    for row in labels.tolist():
+        t = [math.exp(x / 0.1) for x in row]
+        t = [x / sum(t) for x in t]
+        kl += sum(a * math.log(a / b) for a, b in zip(t, p_s))
+    kl /= 2
+    loss = LGAnnaLoss(_Identity(), temperature=tau, kl_weight=0.5, soft_label_temperature=0.1)
+    assert loss(features, labels).item() == pytest.approx(nce + 0.5 * kl, rel=1e-5)
+    assert LGAnnaLoss(_Identity(), temperature=tau, kl_weight=0.0)(features, labels).item() == pytest.approx(nce, rel=1e-6)
+    # hard labels only when no 2-D teacher scores come with the batch (sentence-transformers passes zeros)
+    assert loss(features, torch.zeros(2)).item() == pytest.approx(nce, rel=1e-6)
+    with pytest.raises(ValueError, match="3 scores per query but the batch has 2"):
+        loss(features, torch.zeros(2, 3))
+
+    # GradCache (mini-batches of 1) gives the same loss and the same gradients as one pass
+    def grads(mini):
+        xs = [f["x"].clone().requires_grad_() for f in features]
+        out = LGAnnaLoss(_Identity(), temperature=tau, kl_weight=0.5, soft_label_temperature=0.1, mini_batch_size=mini)(
+            [{"x": x} for x in xs], labels)
+        out.backward()
+        return out.item(), [x.grad for x in xs]
+
+    plain, cached = grads(None), grads(1)
+    assert plain[0] == pytest.approx(cached[0], rel=1e-6)
+    for a, b in zip(plain[1], cached[1]):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- data hygiene and ICL sampling

@@ -1,54 +1,65 @@
-"""Ship a trained student as the bundled ``lganna-mini``: fp16 safetensors plus provenance.
+"""Ship a trained model inside the package (``lganna_rag/weights/NAME``) and record its benchmark scores.
 
-    python -m lganna_rag.training.bundle runs/lganna-mini/best                  # copy in, fp16
-    python -m lganna_rag.training.bundle --scores benchmarks/results/lganna-mini.json   # record benchmark scores
+    python -m lganna_rag.training.bundle runs/lganna-minilm/final --name lganna-minilm
+    python -m lganna_rag.training.bundle --name lganna-minilm --scores benchmarks/results/lganna-minilm.json
+
+A LoRA export is copied as it is (adapter safetensors, tokenizer, sentence-transformers files,
+``lganna.json``): a few MB over the installed base. Scores are read from a ``bench quality`` result
+file, so every number in ``lganna.json`` is written by code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
-import torch
+from lganna_rag.models import ModelConfig, bundled_weights_dir
 
-from lganna_rag.models import bundled_weights_dir, read_model_config
+#: Files of an export that are shipped (checkpoints, model cards and optimizer state are not).
+SHIPPED = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json", "tokenizer.json",
+           "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json", "sentence_bert_config.json",
+           "config_sentence_transformers.json", "lganna.json", "1_Pooling/config.json")
 
-from .model import save_student
 
-
-def bundle(src: Path, dst: Path | None = None) -> Path:
-    """Re-save the model directory ``src`` in fp16 under the package's bundled weights (``dst``)."""
-    from lganna_rag.encoder import LGAnnaEncoder
-
-    dst = dst or bundled_weights_dir() / "lganna-mini"
-    encoder = LGAnnaEncoder.from_pretrained(str(src), device="cpu")
-    provenance = {**encoder.config.provenance, "bundled_from": str(src), "dtype": "float16",
-                  "reproduce": "lganna-rag train training/configs/lganna-mini.yaml"}
-    summary = src.parent / "summary.json"
-    if summary.is_file():  # the whole run: steps, wall time, dev history (the bundled step is provenance["best"])
-        run = json.loads(summary.read_text())
-        provenance["training_run"] = {k: run.get(k) for k in ("steps", "wall_minutes", "final_loss", "history")}
-    save_student(encoder.model, encoder.tokenizer, dst, encoder.config.pooling, encoder.config.max_length,
-                 provenance, dtype=torch.float16, prompt_template=encoder.config.prompt_template)
+def bundle(src: Path, name: str, dst: Path | None = None) -> Path:
+    """Copy the shipped files of the export ``src`` into the package's weights folder (or ``dst``)."""
+    if not (src / "lganna.json").is_file():
+        raise FileNotFoundError(f"{src} is not an lganna-rag export (no lganna.json)")
+    dst = dst or bundled_weights_dir() / name
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in SHIPPED:
+        if (src / rel).is_file():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, tmp / rel)
+    (tmp / "2_Normalize").mkdir(exist_ok=True)
+    config = ModelConfig.from_dict(json.loads((tmp / "lganna.json").read_text()))
+    config.provenance["reproduce"] = f"lganna-rag train training/configs/{name}.yaml && python -m lganna_rag.training.bundle <export> --name {name}"
+    config.save(tmp)
+    if (tmp / "adapter_config.json").is_file():  # the base is found through lganna.json's base_model, not this path
+        cfg = json.loads((tmp / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = config.base_model
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
     return dst
 
 
-def record_scores(results: Path, dst: Path | None = None) -> dict[str, Any]:
-    """Copy the main score per task and the means per task type of ``results`` (``bench quality`` JSON) into ``lganna.json``."""
-    from lganna_rag.benchmarks.report import type_averages
-
-    dst = dst or bundled_weights_dir() / "lganna-mini"
-    result = json.loads(results.read_text())
-    tasks = result["tasks"]
-    summary = {
-        "source": str(results),
-        "mean": round(sum(t["main_score"] for t in tasks.values()) / len(tasks), 2),
-        "by_type": dict(sorted(type_averages(result).items())),
-        "tasks": {name: t["main_score"] for name, t in tasks.items()},
-    }
-    config = read_model_config(dst, is_decoder=True)
+def record_scores(results: Path, name: str, dst: Path | None = None) -> dict[str, Any]:
+    """Copy each task's main score and the means per task type of a ``bench quality`` JSON into ``lganna.json``."""
+    dst = dst or bundled_weights_dir() / name
+    tasks = json.loads(results.read_text())["tasks"]
+    by_type: dict[str, list[float]] = {}
+    for t in tasks.values():
+        by_type.setdefault(t["type"], []).append(t["main_score"])
+    summary = {"source": str(results), "mean": round(mean(t["main_score"] for t in tasks.values()), 2),
+               "by_type": {k: round(mean(v), 2) for k, v in sorted(by_type.items())},
+               "tasks": {n: t["main_score"] for n, t in tasks.items()}}
+    config = ModelConfig.from_dict(json.loads((dst / "lganna.json").read_text()))
     config.provenance["benchmark"] = summary
     config.save(dst)
     return summary
@@ -57,15 +68,16 @@ def record_scores(results: Path, dst: Path | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command line for :func:`bundle` and :func:`record_scores`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", help="trained model directory (e.g. runs/lganna-mini/best)")
-    parser.add_argument("--dest", help="target directory (default: the package's weights/lganna-mini)")
+    parser.add_argument("source", nargs="?", help="an export directory (e.g. runs/lganna-minilm/final)")
+    parser.add_argument("--name", required=True, help="bundled model name (folder under lganna_rag/weights)")
+    parser.add_argument("--dest", help="target directory (default: the package's weights/NAME)")
     parser.add_argument("--scores", help="a bench quality result JSON to record in lganna.json")
     args = parser.parse_args(argv)
     dst = Path(args.dest) if args.dest else None
     if args.source:
-        print(f"bundled {bundle(Path(args.source), dst)}")
+        print(f"bundled {bundle(Path(args.source), args.name, dst)}")
     if args.scores:
-        print(json.dumps(record_scores(Path(args.scores), dst), indent=2)[:2000])
+        print(json.dumps(record_scores(Path(args.scores), args.name, dst), indent=2)[:2000])
 
 
 if __name__ == "__main__":

@@ -9,32 +9,34 @@ import click
 
 
 def resolve_config(path: str) -> Path:
-    """``path`` as given, else relative to the installed ``training`` package (``configs/NAME.yaml``)."""
+    """``path`` as given, else a bundled config (``configs/NAME.yaml``)."""
     p = Path(path)
     if p.is_file():
         return p
-    bundled = Path(__file__).resolve().parent / p
-    if bundled.is_file():
-        return bundled
-    bundled = Path(__file__).resolve().parent / "configs" / p.name
-    if bundled.is_file():
-        return bundled
-    raise click.BadParameter(f"no config file {path!r} (bundled configs: lganna-mini.yaml, mistral-7b-lora.yaml)")
+    configs = Path(__file__).resolve().parent / "configs"
+    for candidate in (configs / p.name, configs / f"{p.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(c.stem for c in configs.glob("*.yaml")))
+    raise click.BadParameter(f"no config file {path!r} (bundled configs: {names})")
 
 
 @click.command("train")
 @click.argument("config")
-@click.option("--output-dir", default=None, help="Override output_dir.")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (the schedule keeps its length).")
+@click.option("--output-dir", default=None, help="Override output_dir (checkpoints; the export goes to OUTPUT_DIR/final).")
+@click.option("--max-steps", type=int, default=None, help="Override the number of optimiser steps.")
+@click.option("--stop-after", type=int, default=None, help="Stop at this step (checkpoint + export; the schedule keeps its length); rerun to resume.")
 @click.option("--no-resume", is_flag=True, help="Start over even if output_dir has a checkpoint.")
-def train(config: str, output_dir: str | None, max_steps: int | None, no_resume: bool) -> None:
-    """Train an LG-ANNA embedder from a YAML config (checkpoints and exact resume in output_dir).
+def train(config: str, output_dir: str | None, max_steps: int | None, stop_after: int | None, no_resume: bool) -> None:
+    """Train an LG-ANNA embedder from a YAML config (sentence-transformers Trainer; resumes from output_dir).
 
     \b
     Examples:
-      lganna-rag train training/configs/lganna-mini.yaml
-      lganna-rag train configs/lganna-mini.yaml --max-steps 200 --output-dir runs/trial
-      torchrun --nproc_per_node 2 -m lganna_rag.training.trainer training/configs/lganna-mini.yaml
+      lganna-rag train lganna-minilm
+      lganna-rag train my-config.yaml --max-steps 200 --output-dir runs/trial
+      torchrun --nproc_per_node 2 -m lganna_rag.training.trainer my-config.yaml
+    Your own data: in the config, sources: [{path: pairs.jsonl, task: retrieval}] (rows: query, positive,
+    optional negatives).
     """
     import logging
 
@@ -43,5 +45,7 @@ def train(config: str, output_dir: str | None, max_steps: int | None, no_resume:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(resolve_config(config), output_dir=output_dir)
-    summary = run(cfg, resume=not no_resume, max_steps=max_steps)
-    click.echo(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "history")}, indent=2))
+    result = run(cfg, resume=not no_resume, max_steps=max_steps, stop_after=stop_after)
+    if result.export_dir is not None:
+        keep = ("name", "steps", "dev_start", "dev_end", "wall_time_s", "device", "world_size")
+        click.echo(json.dumps({"export_dir": str(result.export_dir), **{k: result.summary[k] for k in keep}}, indent=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from lganna_rag.data import DataFormatError, data_dir, read_jsonl
-from lganna_rag.prompts import Task, get_task
+from lganna_rag.prompts import SYMMETRIC_TASK_TYPES, Task, get_task
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,17 @@ class Source:
     task: Task
     kind: str = "pairs"  # pairs | scored_pairs | labels
     symmetric: bool = False  # both sides are the same kind of text (paraphrase, STS, classification)
+    #: a user's own JSONL file (absolute or relative to the working directory); None: ``$LGANNA_DATA/train/<file>``
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Short name of the source (file name without ``.jsonl``)."""
+        return Path(self.file).name.removesuffix(".jsonl")
+
+    def location(self, root: Path | None = None) -> Path:
+        """Where the rows are read from."""
+        return Path(self.path) if self.path else (root or data_dir()) / "train" / self.file
 
 
 def _t(name: str, instruction: str, task_type: str) -> Task:
@@ -72,10 +83,30 @@ def source(name: str) -> Source:
     raise KeyError(f"unknown training source {name!r}; known: {', '.join(s.file for s in SOURCES)}")
 
 
+def user_source(spec: str | dict[str, str]) -> Source:
+    """A source from the user's own JSONL: ``{"path": ..., "task": ..., "instruction": ..., "symmetric": ...}`` or a path.
+
+    Rows hold ``query`` and ``positive`` (optional ``negatives``). The instruction is ``instruction`` if
+    given, else the registered ``task``'s (default ``retrieval``).
+    """
+    spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+    unknown = sorted(set(spec) - {"path", "task", "instruction", "symmetric", "name"})
+    if unknown or "path" not in spec:
+        raise ValueError(f"a data source needs 'path' (and optional task, instruction, symmetric, name); got {sorted(spec)}")
+    path = Path(spec["path"]).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"training file {path} does not exist")
+    base = get_task(spec.get("task") or "retrieval")
+    name = spec.get("name") or path.name.removesuffix(".jsonl")
+    task = Task(name, spec.get("instruction") or base.instruction, task_type=base.task_type)
+    symmetric = bool(spec.get("symmetric", base.task_type in SYMMETRIC_TASK_TYPES))
+    return Source(f"{name}.jsonl", task, "pairs", symmetric, str(path))
+
+
 def load_examples(src: Source, root: Path | None = None, seed: int = 0, min_score: float = 4.0) -> list[Example]:
     """Read one source file into examples (label files: each text paired with another text of its label)."""
-    path = (root or data_dir()) / "train" / src.file
-    name = src.file.removesuffix(".jsonl")
+    path = src.location(root)
+    name = src.name
     if src.kind == "pairs":
         out = []
         for row in read_jsonl(path, required=("query", "positive")):
@@ -167,7 +198,7 @@ def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
     tests = test_texts(root)
     checked = 0
     for src in sources:
-        path = root / "train" / src.file
+        path = src.location(root)
         for lineno, row in enumerate(read_jsonl(path), 1):
             checked += 1
             for text in _strings(row):

