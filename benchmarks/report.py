@@ -97,12 +97,21 @@ def speed_markdown(speed: dict[str, Any]) -> str:
             f"{r['achieved_gflops']:.2f} | {r['fraction_of_ceiling']:.3f} |"
         )
     lines += ["", "| store | vectors | upsert (s) | query p50 (ms) | query p99 (ms) | recall@10 |", "|---|---:|---:|---:|---:|---:|"]
+    earlier = []
     for r in speed["vector_stores"]:
+        mark = ""
+        if "measured_in" in r:  # a row kept from an earlier run (an encoders-only run does not re-time stores)
+            if r["measured_in"] not in earlier:
+                earlier.append(r["measured_in"])
+            mark = " " + "*" * (earlier.index(r["measured_in"]) + 1)
         if "skipped" in r:
-            lines.append(f"| {r['store']} | {r['vectors']:,} | — | — | — | {r['skipped']} |")
+            lines.append(f"| {r['store']}{mark} | {r['vectors']:,} | — | — | — | {r['skipped']} |")
         else:
-            lines.append(f"| {r['store']} | {r['vectors']:,} | {r['upsert_s']:.2f} | {r['query_p50_ms']:.2f} | "
+            lines.append(f"| {r['store']}{mark} | {r['vectors']:,} | {r['upsert_s']:.2f} | {r['query_p50_ms']:.2f} | "
                          f"{r['query_p99_ms']:.2f} | {r['recall_at_10']:.3f} |")
+    for i, run in enumerate(earlier, 1):
+        versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
+        lines.append(f"\n{'*' * i} measured in an earlier run ({run.get('cpu_threads')} threads; {versions}).")
     return "\n".join(lines)
 
 

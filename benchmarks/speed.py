@@ -240,9 +240,13 @@ def run_speed(models: list[str], *, n: int = 1000, sizes: tuple[int, ...] = (100
                          f"upsert {row['upsert_s']:.2f}s  p50 {row['query_p50_ms']:.2f} ms  p99 {row['query_p99_ms']:.2f} ms  "
                          f"recall@10 {row['recall_at_10']:.3f}"))
             stores += rows
-    elif (out_dir / "speed.json").is_file():  # encoders only: keep the last measured vector-store rows, marked as such
+    elif (out_dir / "speed.json").is_file():
+        # Encoders only: keep the earlier vector-store rows, each with the run that measured it (its versions,
+        # threads and ceiling), so no row is shown under this run's versions.
         old = json.loads((out_dir / "speed.json").read_text())
-        stores = [{**row, "measured_in_earlier_run": True} for row in old.get("vector_stores", [])]
+        earlier = {k: old.get(k) for k in ("versions", "cpu_threads", "matmul_gflops", "real_vectors", "queries")}
+        stores = [row if "measured_in" in row else {**row, "measured_in": earlier}
+                  for row in old.get("vector_stores", []) if "measured_in_earlier_run" not in row]
     result = {"versions": _versions(), "cpu_threads": torch.get_num_threads(), "matmul_gflops": round(ceiling, 2),
               "texts": n, "encoders": encoders, "vector_stores": stores, "real_vectors": real_vectors, "queries": n_queries}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -195,3 +195,66 @@ def test_report_from_result_files(tmp_path):
     assert "| **mean retrieval** | | | 47.00 | 50.00 |" in md
     assert "| STSBenchmark | 82.03 | 82.03 | +0.00 |" in md and "| SciFact | 64.00 | 64.51 | -0.51 |" in md
     assert (tmp_path / "quality_by_type.png").stat().st_size > 1000
+
+
+def test_importing_the_benchmarks_leaves_the_environment_alone():
+    """Only the `lganna-rag bench` entry point turns on HF offline mode, not an import of a benchmark module."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    code = ("import os, lganna_rag.benchmarks.quality, lganna_rag.benchmarks.speed, lganna_rag.benchmarks.parity; "
+            "assert 'HF_HUB_OFFLINE' not in os.environ and 'HF_DATASETS_OFFLINE' not in os.environ")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+@pytest.mark.needs_data
+def test_bench_parity_writes_its_result_file(tmp_path):
+    from lganna_rag.cli import main
+
+    out = tmp_path / "parity.json"
+    res = CliRunner().invoke(main, ["bench", "parity", "--n", "40", "--repeats", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())
+    assert written["sentences"] == 40 and written["cosine_min"] > 0.9999 and written["versions"]["torch"]
+    assert f"wrote {out}" in res.output
+
+
+def test_an_encoders_only_speed_run_keeps_earlier_store_rows_with_their_own_run(tmp_path, monkeypatch):
+    """speed.json never shows a row under another run's versions: carried rows name the run that measured them."""
+    from lganna_rag.benchmarks import speed
+    from lganna_rag.benchmarks.report import speed_markdown
+
+    old_run = {"versions": {"torch": "0.0-old"}, "cpu_threads": 7, "matmul_gflops": 1.0, "real_vectors": 10, "queries": 5}
+    row = {"store": "faiss-flat", "vectors": 10, "upsert_s": 0.1, "query_p50_ms": 1.0, "query_p99_ms": 2.0, "recall_at_10": 1.0}
+    legacy = {**row, "store": "qdrant-edge", "measured_in_earlier_run": True}  # whose run is unknown: dropped
+    (tmp_path / "speed.json").write_text(json.dumps({**old_run, "texts": 3, "encoders": {}, "vector_stores": [row, legacy]}))
+    fake = {"model": "minilm", "texts": 3, "tokens": 30, "seconds": 1.0, "texts_per_s": 3.0, "tokens_per_s": 30.0,
+            "time_to_first_embedding_s": 0.5, "peak_rss_mb": 100.0, "non_embedding_params": 10}
+    monkeypatch.setattr(speed, "matmul_gflops", lambda: 50.0)
+    monkeypatch.setattr(speed, "measure_encoders", lambda models, n: {"minilm": dict(fake)})
+    result = speed.run_speed(["minilm"], n=3, sizes=(), out_dir=tmp_path, progress=lambda s: None)
+    written = json.loads((tmp_path / "speed.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert written["vector_stores"] == [{**row, "measured_in": old_run}]
+    assert written["versions"]["torch"] != "0.0-old"  # this run's versions, for this run's rows only
+    md = speed_markdown(written)
+    assert "| faiss-flat * | 10 |" in md and "* measured in an earlier run (7 threads; torch 0.0-old)." in md
+    # a second encoders-only run keeps the row's own run, not the first encoders-only run
+    again = speed.run_speed(["minilm"], n=3, sizes=(), out_dir=tmp_path, progress=lambda s: None)
+    assert again["vector_stores"] == [{**row, "measured_in": old_run}]
+
+
+@pytest.mark.needs_data
+def test_index_bench_writes_every_overhead_repeat_itself(tmp_path, mistral_dir):
+    """Repeats are runs of the command, all in the file it writes (no hand-merged results)."""
+    from lganna_rag.benchmarks.index_bench import main as index_bench
+
+    out = tmp_path / "index_bench.json"
+    index_bench(["--model", str(mistral_dir), "--sections", "overhead", "--overhead-docs", "4", "--repeats", "2",
+                 "--threads", "1", "--out", str(out)])
+    runs = json.loads(out.read_text())["overhead"]
+    assert len(runs) == 2 and all(r["files"] == 4 and r["chunks"] >= 4 for r in runs)
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| 4 |")]
+    assert len(rows) == 2
