@@ -96,6 +96,9 @@ def speed_markdown(speed: dict[str, Any]) -> str:
             f"{r['tokens_per_s_ratio_to_minilm']:.2f} | {r['time_to_first_embedding_s']:.2f} | {r['peak_rss_mb']:.0f} | "
             f"{r['achieved_gflops']:.2f} | {r['fraction_of_ceiling']:.3f} |"
         )
+    if not speed["vector_stores"]:
+        lines += ["", "No vector-store timings in this run (`lganna-rag bench speed` with `--sizes` measures them)."]
+        return "\n".join(lines)
     lines += ["", "| store | vectors | upsert (s) | query p50 (ms) | query p99 (ms) | recall@10 |", "|---|---:|---:|---:|---:|---:|"]
     earlier = []
     for r in speed["vector_stores"]:
