@@ -16,7 +16,9 @@ def _split(value: str | None) -> list[str] | None:
 
 
 @click.group()
-def bench() -> None:
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch CPU threads for every benchmark (also OMP_NUM_THREADS for their subprocesses).")
+def bench(threads: int | None) -> None:
     """Benchmarks on the shared task data ($LGANNA_DATA): quality, speed, parity, report.
 
     \b
@@ -27,7 +29,14 @@ def bench() -> None:
       lganna-rag bench speed
       lganna-rag bench parity
       lganna-rag bench report
+      lganna-rag bench --threads 1 serve
+      lganna-rag bench int8
     """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     # The benchmarks read only local data and installed models: mteb and the hub must not download anything.
     # Set here, at the command's entry, not when a benchmark module is imported (that would change the
     # environment of any program importing it); an explicit HF_HUB_OFFLINE=0 still wins.
@@ -88,6 +97,21 @@ def serve_cmd(model: str, n: int, clients: int, per_request: int, queries: int, 
     run_serve_bench(model, n=n, clients=clients, per_request=per_request, n_queries=queries, threads=threads,
                     max_seconds=max_seconds, out_dir=out_dir, progress=click.echo)
     click.echo(f"wrote {out_dir / 'serve.json'} and serve.md")
+
+
+@bench.command("int8")
+@click.option("--model", default="minilm", show_default=True)
+@click.option("--n", "n", default=500, show_default=True, help="Real texts for the speed comparison.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating fp32/int8 timing rounds.")
+@click.option("--tasks", default=None, help="Comma-separated task folders (default: the bounded INT8_TASKS slices).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+def int8_cmd(model: str, n: int, rounds: int, tasks: str | None, out_dir: Path) -> None:
+    """int8 vs fp32 CPU inference in one run: texts/s and quality on a few STS/retrieval/reranking tasks; int8.json/.md."""
+    from .int8_bench import INT8_TASKS, run_int8_bench
+
+    picked = {t: INT8_TASKS.get(t) for t in _split(tasks)} if tasks else None
+    run_int8_bench(model, n=n, rounds=rounds, tasks=picked, out_dir=out_dir, progress=click.echo)
+    click.echo(f"wrote {out_dir / 'int8.json'} and int8.md")
 
 
 @bench.command("report")

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from mteb.models.abs_encoder import AbsEncoder
 
 from lganna_rag.integrations.mteb import LGAnnaMTEBModel
-from lganna_rag.training.model import WORDLLAMA_TABLE, WORDLLAMA_TOKENIZER, wordllama_dir
 
 #: Where cached embeddings live (ignored by git).
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
@@ -84,42 +82,18 @@ class CachedLGAnnaModel(LGAnnaMTEBModel):
         return vectors
 
 
-class WordLlamaStatic(AbsEncoder):
-    """WordLlama's static 256-d token embeddings (Llama-2 vocabulary), mean-pooled and L2-normalised.
+class WordLlamaStatic(LGAnnaMTEBModel):
+    """The core fast-tier model ``wordllama`` (:class:`lganna_rag.static.StaticEncoder`) as an mteb model."""
 
-    Loaded straight from the ``wordllama`` wheel's files (its own ``load()`` tries the network).
-    """
+    def __init__(self, dim: int | None = None, max_length: int = 512) -> None:
+        """Load WordLlama's table (first ``dim`` Matryoshka dimensions; all 256 by default)."""
+        from lganna_rag.static import StaticEncoder
 
-    def __init__(self, dim: int = 256, max_length: int = 512) -> None:
-        """Load the embedding table (``dim``-truncated Matryoshka dimensions) and the tokenizer."""
-        from mteb.models.model_meta import ModelMeta
-        from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
-
-        root = wordllama_dir()
-        self.table = load_file(str(root / WORDLLAMA_TABLE))["embedding.weight"][:, :dim].astype(np.float32)
-        self.tokenizer = Tokenizer.from_file(str(root / WORDLLAMA_TOKENIZER))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length)
-        self.mteb_model_meta = ModelMeta(
-            loader=None, name="lganna-rag/wordllama", revision="l2_supercat_256", release_date=None,
-            languages=["eng-Latn"], n_parameters=int(self.table.size), memory_usage_mb=None, max_tokens=max_length,
-            embed_dim=dim, license="mit", open_weights=True, public_training_code=None, public_training_data=None,
-            framework=["NumPy"], similarity_fn_name="cosine", use_instructions=False, training_datasets=None,
-        )
+        super().__init__(encoder=StaticEncoder.from_pretrained("wordllama", dim=dim, max_length=max_length))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Mean of the token vectors of each text (no special tokens), L2-normalised."""
-        out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float32)
-        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            if enc.ids:
-                out[i] = self.table[enc.ids].mean(axis=0)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.clip(norms, 1e-12, None)
-
-    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
-        """mteb encoder protocol: embed every text of the data loader."""
-        return self.embed([t for batch in inputs for t in batch["text"]])
+        return self.encoder.encode(list(texts), show_progress_bar=False)
 
 
 def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm") -> Any:

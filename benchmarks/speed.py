@@ -53,22 +53,15 @@ def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
 def _child(model: str, n: int, repeats: int, batch_size: int) -> dict[str, Any]:
     """Measure one model in this process: load, first embedding, throughput, tokens, peak RSS."""
     texts = speed_texts(n)
-    if model == "wordllama":
-        from .models import WordLlamaStatic  # imports mteb (a benchmark artefact): not part of the load time
-    else:
-        from lganna_rag import LGAnnaEncoder
+    from lganna_rag import LGAnnaEncoder
+
     start = time.perf_counter()
-    if model == "wordllama":
-        enc = WordLlamaStatic()
-        encode: Callable[[list[str]], Any] = enc.embed
-        n_tokens = sum(len(e.ids) for e in enc.tokenizer.encode_batch(texts, add_special_tokens=False))
-        params = 0
-    else:
-        lg = LGAnnaEncoder.from_pretrained(model, device="cpu")
-        encode = lambda t: lg.encode_documents(t, batch_size=batch_size)  # noqa: E731
-        n_tokens = sum(len(ids) for ids in lg.tokenize(texts)[0])
-        embed = lg.model.get_input_embeddings()
-        params = sum(p.numel() for p in lg.model.parameters()) - (embed.weight.numel() if embed is not None else 0)
+    lg = LGAnnaEncoder.from_pretrained(model, device="cpu")  # "wordllama": the static fast tier
+    encode: Callable[[list[str]], Any] = lambda t: lg.encode_documents(t, batch_size=batch_size)  # noqa: E731
+    n_tokens = sum(len(ids) for ids in lg.tokenize(texts)[0])
+    get_embeddings = getattr(lg.model, "get_input_embeddings", None)
+    embed = get_embeddings() if get_embeddings is not None else lg.model  # a static table is all embedding
+    params = sum(p.numel() for p in lg.model.parameters()) - (embed.weight.numel() if embed is not None else 0)
     encode(texts[:1])
     first = time.perf_counter() - start
     times = []

