@@ -68,6 +68,14 @@ def check_texts(texts: Any) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str (got {t!r:.60})")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"texts[{i}] has a lone surrogate (U+{ord(t[exc.start]):04X}) at character {exc.start}: not valid "
+                f"Unicode, so the tokenizer cannot read it; clean it first, e.g. "
+                f"text.encode('utf-8', 'replace').decode('utf-8')"
+            ) from None
     return texts
 
 
