@@ -475,12 +475,14 @@ def build_app(encoder: Any, *, index: "Index | None" = None, settings: ServeSett
         return {"object": "list", "data": [{
             "id": state.model_name, "object": "model", "created": int(state.started), "owned_by": "lganna-rag",
             "dimension": state.encoder.dimension, "max_length": state.encoder.config.max_length,
+            "precision": getattr(state.encoder, "precision", "fp32"),
         }]}
 
     async def health(request: Request) -> dict[str, Any]:
         batcher = state.batcher
         return {"status": "ok" if batcher is not None and not batcher.closed else "stopping",
                 "model": state.model_name, "dimension": state.encoder.dimension,
+                "precision": getattr(state.encoder, "precision", "fp32"),
                 "collection": state.index.collection if state.index is not None else None,
                 "queue": {"pending": batcher.pending if batcher else 0, "limit": settings.max_queue},
                 "stats": batcher.stats.to_dict() if batcher else {}, "uptime_s": round(time.time() - state.started, 1)}

@@ -50,7 +50,7 @@ def test_openai_client_gets_the_in_process_vectors(minilm, minilm_url, sts_sente
     single = client.embeddings.create(input=TEXTS[1], model="minilm", encoding_format="float")
     assert len(single.data) == 1 and _cos(np.array(single.data[0].embedding), minilm.encode(TEXTS[1]))[0] >= 0.9999
     models = client.models.list()
-    assert [m.id for m in models.data] == ["minilm"]
+    assert [m.id for m in models.data] == ["minilm"] and models.data[0].model_extra["precision"] == minilm.precision
 
 
 def test_langchain_openai_embeddings_get_the_in_process_vectors(minilm, minilm_url):
