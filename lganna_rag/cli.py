@@ -299,15 +299,26 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
         + f"{r.chunks_per_second:.1f} chunks/s); collection now holds {total_chunks} chunks",
         highlight=False,
     )
-    for title, items, style in (("failed", r.failed, "red"), ("skipped", r.skipped, "yellow")):
+    from rich.markup import escape  # file names may contain [ and ]: never read them as markup
+
+    removed = [(source, reason) for source, reason in r.removed]
+    for title, items, style in (("failed", [(s.source, s.reason) for s in r.failed], "red"),
+                                ("skipped", [(s.source, s.reason) for s in r.skipped], "yellow"),
+                                ("removed", removed, "yellow")):
         by_reason: dict[str, list[str]] = {}
-        for s in items:
-            by_reason.setdefault(s.reason, []).append(s.source)
+        for source, reason in items:
+            by_reason.setdefault(reason, []).append(source)
         for reason, sources in by_reason.items():
             shown = ", ".join(sources[:10]) + (f" and {len(sources) - 10} more (see --json)" if len(sources) > 10 else "")
-            console.print(f"  [{style}]{title}[/] ({reason}): {shown}", highlight=False, markup=True)
+            console.print(f"  [{style}]{title}[/] ({escape(reason)}): {escape(shown)}", highlight=False, markup=True)
+    if r.kept:
+        shown = ", ".join(r.kept[:10]) + (f" and {len(r.kept) - 10} more (see --json)" if len(r.kept) > 10 else "")
+        console.print(f"  [yellow]kept[/] {len(r.kept)} indexed files under these folders that this run left out "
+                      f"(--include/--exclude, or now skipped); --prune removes them: {escape(shown)}", highlight=False)
+    for note in r.repairs:
+        console.print(f"  [yellow]repaired[/] {escape(note)}", highlight=False)
     for source, warning in r.warnings:
-        console.print(f"  [yellow]warning[/] {source}: {warning}", highlight=False)
+        console.print(f"  [yellow]warning[/] {escape(source)}: {escape(warning)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -325,8 +336,9 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
 @click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
               help="Skip files larger than this.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Encoder batch size.")
-@click.option("--prune/--no-prune", default=True, show_default=True,
-              help="Remove chunks of files that were deleted from the indexed folders.")
+@click.option("--prune/--no-prune", default=None,
+              help="Default: remove the chunks of files deleted from the indexed folders, keep those of files this run "
+                   "left out (--include/--exclude). --prune removes both; --no-prune neither.")
 @click.option("--recreate", is_flag=True, help="Delete the collection first and rebuild it.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any file failed or was skipped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -334,12 +346,14 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
 @_speed_options
 def index_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, api_key: str | None, collection: str,
               timeout: float, model: str | None, include: tuple[str, ...], exclude: tuple[str, ...],
-              chunk_size: int | None, overlap: int | None, max_file_mb: float, batch_size: int, prune: bool,
+              chunk_size: int | None, overlap: int | None, max_file_mb: float, batch_size: int, prune: bool | None,
               recreate: bool, strict: bool, as_json: bool, quiet: bool) -> None:
     """Index folders, files or glob patterns (incremental and resumable).
 
-    Unchanged files are skipped, changed files re-chunked, deleted files' chunks removed (--prune).
-    Loads .md .txt .rst .html .pdf and common source files. Ctrl-C stops cleanly after the current
+    Unchanged files are skipped, changed files re-chunked, deleted files' chunks removed (files
+    left out by --include/--exclude keep theirs unless --prune). A file is one entry whatever
+    folder reached it, so indexing one file or subfolder again replaces its chunks. Loads .md .txt
+    .rst .html .pdf and common source files. Ctrl-C stops cleanly after the current
     batch; running the same command again resumes.
 
     \b
@@ -687,6 +701,49 @@ def serve_cmd(host: str, port: int, model: str | None, collection: str | None, s
                 index.close()
     console.print(f"stopped: finished {stats.requests} requests ({stats.texts} texts in {stats.batches} batches, "
                   f"{stats.rejected} rejected as overloaded)", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- check
+@main.command("check")
+@_store_options
+@_model_option
+@click.option("--repair", is_flag=True, help="Rebuild a damaged store: re-embed every readable chunk into a new shard.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,
+              model: str | None, repair: bool, as_json: bool) -> None:
+    """Verify a collection's store (every chunk listed, payloads and vectors readable); --repair fixes it.
+
+    Exit 0 when the store is sound (or was repaired), 1 when it is damaged.
+
+    \b
+    Examples:
+      lganna-rag check
+      lganna-rag check --repair --collection docs
+    """
+    with _errors():
+        with _open_index(store_path, url, api_key, collection, timeout, model) as index:
+            if not index.exists:
+                raise click.UsageError(f"collection {collection!r} does not exist in {index.backend.describe()}")
+            result = index.check(repair=repair)
+            if result["repaired"]:
+                result = {**index.check(), "repaired": True, "lost": result["lost"]}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for problem in result["problems"]:
+            click.echo(f"problem: {problem}")
+        if result["incomplete_files"]:
+            click.echo(f"{len(result['incomplete_files'])} files have an incomplete chunk set (a run was stopped); "
+                       f"`lganna-rag index` on their folder finishes them")
+        if result["repaired"]:
+            click.echo(f"repaired: {result['chunks']} chunks re-embedded into a new shard"
+                       + (f"; {result['lost']} chunks without a payload dropped (index their files again)"
+                          if result["lost"] else ""))
+        click.echo(f"{'ok' if not result['problems'] else 'damaged'}: {result['chunks']} chunks, {result['files']} files")
+    if result["problems"]:
+        if not repair:
+            click.echo("run `lganna-rag check --repair` (same --path/--collection) to repair it", err=True)
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- delete

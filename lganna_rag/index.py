@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .ingest import ID_NAMESPACE, Chunker, FileRef, LoadedFile, Skip, chunk_id, content_hash, discover, load_file
-from .stores import DEFAULT_PATH, ClientBackend, EdgeBackend, IndexStoreError, Where
+from .ingest import (ID_NAMESPACE, Chunker, FileRef, LoadedFile, Skip, chunk_id, content_hash, discover, file_identity,
+                     load_file, path_from_safe_name, safe_name)
+from .stores import DEFAULT_PATH, ClientBackend, EdgeBackend, IndexStoreError, StoreDamagedError, Where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import LGAnnaEncoder
@@ -50,7 +51,7 @@ WRITE_BATCH = 256
 MIN_PREFETCH = 100
 MODES = ("dense", "sparse", "hybrid")
 _MODEL_KEYS = ("name", "dimension", "pooling", "normalize", "prompt_template", "prompt_version")
-_STATE_FIELDS = ["root", "source", "file_hash", "chunk", "n_chunks", "start", "end"]
+_STATE_FIELDS = ["path", "root", "source", "file_hash", "chunk", "n_chunks", "start", "end"]
 
 
 class ModelMismatchError(IndexStoreError):
@@ -95,6 +96,9 @@ class IndexReport:
     chunks_reused: int = 0
     chunks_deleted: int = 0
     pruned: list[str] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0
     #: Seconds of ``seconds`` spent loading the model (not counted in ``chunks_per_second``).
@@ -119,6 +123,8 @@ class IndexReport:
             "failed": [{"source": s.source, "reason": s.reason} for s in self.failed],
             "warnings": [{"source": s, "warning": w} for s, w in self.warnings],
             "indexed": self.indexed, "pruned": self.pruned,
+            "removed": [{"source": s, "reason": r} for s, r in self.removed],
+            "kept_not_in_run": self.kept, "repairs": self.repairs,
         }
 
 
@@ -326,16 +332,49 @@ class Index:
             "model": model_metadata(self.encoder),
             "bm25": {"avg_len": SparseEncoder.estimate_avg_len(sample_texts), "k": 1.2, "b": 0.75, "language": "english"},
             "chunking": chunking,
+            "points": None,
             "created_by": f"lganna-rag {__version__}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.backend.create(meta)
         self._meta = meta
 
+    # -------------------------------------------------------------- store bookkeeping
+    def _record_count(self, count: int | None) -> None:
+        """Record the local store's chunk count in the collection metadata (``None``: a write is under way).
+
+        A later open compares it with what the store counts, so a store that silently lost points (its id
+        mappings, say) is reported as damaged instead of answering "no results".
+        """
+        if not isinstance(self.backend, EdgeBackend) or self._meta is None or self._meta.get("points", -1) == count:
+            return
+        self._meta = {**self._meta, "points": count}
+        self.backend.update_metadata(self._meta)
+
+    def _begin_write(self) -> None:
+        """Mark the recorded count stale before the first change of a run (a killed run leaves it unset)."""
+        if self._meta is not None and self._meta.get("points") is not None:
+            self._record_count(None)
+
+    def _end_write(self) -> None:
+        """Record the count once the run's changes are flushed."""
+        if self._meta is not None and isinstance(self.backend, EdgeBackend):
+            self._record_count(self.backend.count())
+
+    def _checked_count(self) -> int:
+        """The store's chunk count, checked against the count recorded after the last complete write."""
+        n = self.backend.count()
+        recorded = (self._meta or {}).get("points")
+        if isinstance(self.backend, EdgeBackend) and recorded is not None and n != recorded:
+            raise self.backend.damaged(f"it counts {n} chunks where {recorded} were recorded after the last write "
+                                       f"(lost id mappings?)")
+        return n
+
     # -------------------------------------------------------------- writing
     def _write(self, ids: Sequence[str], texts: Sequence[str], payloads: Sequence[dict[str, Any]],
                dense: np.ndarray | None = None) -> float:
         """Encode (unless ``dense`` is given) and upsert one batch; returns the seconds spent in the dense encoder."""
+        self._begin_write()
         t0 = time.perf_counter()
         if dense is None:
             dense = self.encoder.encode_documents(list(texts), batch_size=self.batch_size, show_progress_bar=False)
@@ -391,6 +430,7 @@ class Index:
                         vectors[start:end] if vectors is not None else None)
         self.backend.flush()
         self.backend.optimize()
+        self._end_write()
         return point_ids
 
     def _chunking(self, chunk_size: int | None, overlap: int | None) -> dict[str, int]:
@@ -424,15 +464,53 @@ class Index:
             self._chunker = Chunker(self.encoder.tokenizer, chunking["size"], chunking["overlap"])
         return self._chunker
 
-    def _file_state(self, roots: Iterable[Path]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        """Existing points of the given roots: ``{(root, source): {id: payload fields}}``."""
-        state: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        roots = sorted({str(r) for r in roots})
-        if self._meta is None or not roots:
-            return state
-        for pid, p in self.backend.scroll(_STATE_FIELDS, {"root": roots}):
-            state.setdefault((p.get("root"), p.get("source")), {})[pid] = p
-        return state
+    def _file_state(self) -> tuple[dict[str, dict[str, dict[str, Any]]], int]:
+        """Existing chunks of every indexed file, by file identity (resolved absolute path):
+        ``{path: {id: payload fields}}``, and the number of points listed (files' and others').
+
+        Chunks written before files had one identity (no ``path`` field: recorded by ``(root, source)``)
+        are found by the path they name, so re-indexing such a file replaces them too.
+        """
+        state: dict[str, dict[str, dict[str, Any]]] = {}
+        listed = 0
+        if self._meta is None:
+            return state, 0
+        for pid, p in self.backend.scroll(_STATE_FIELDS):
+            listed += 1
+            ident = p.get("path")
+            if not ident:
+                if not p.get("root") or p.get("source") is None:
+                    continue  # add_texts points: not files
+                ident = _legacy_identity(p["root"], p["source"])
+            state.setdefault(ident, {})[pid] = p
+        return state, listed
+
+    def _verify(self, state: dict[str, dict[str, dict[str, Any]]], listed: int, report: IndexReport) -> None:
+        """Check what an index run relies on before trusting the store: every point is listed, has its
+        payload, and the dense vectors answer a query. Points whose payload was lost are deleted (their
+        files are then incomplete and get re-indexed); anything else is a :class:`StoreDamagedError`."""
+        total = self._checked_count()
+        ghosts = self.backend.count_empty("text")
+        if ghosts:
+            self._begin_write()
+            self.backend.delete_empty("text")
+            report.repairs.append(f"deleted {ghosts} chunks whose payload was lost; their files are re-indexed")
+            total = self.backend.count()
+            for ident in [i for i, pts in state.items() if any(not p for p in pts.values())]:
+                state[ident] = {pid: p for pid, p in state[ident].items() if p}
+        if total != listed - ghosts:
+            raise self.backend.damaged(f"it counts {total} chunks but lists {listed - ghosts}")
+        if total:
+            self._probe(total)
+
+    def _probe(self, total: int) -> None:
+        """A dense query must return min(total, 10) chunks, each with its text, or the store is damaged."""
+        dim = int(self._require()["model"]["dimension"])
+        want = min(total, 10)
+        hits = self.backend.search(np.full(dim, dim ** -0.5, dtype=np.float32), None, want, None, want)
+        if len(hits) < want or any("text" not in p for _, _, p in hits):
+            raise self.backend.damaged(f"a query over {total} chunks returned {len(hits)} (or chunks without "
+                                       f"their text)")
 
     def add_files(
         self,
@@ -442,40 +520,56 @@ class Index:
         exclude: Sequence[str] = (),
         chunk_size: int | None = None,
         overlap: int | None = None,
-        max_file_mb: float = 20.0,
-        prune: bool = True,
+        max_file_mb: float | None = 20.0,
+        prune: bool | None = None,
         progress: Callable[[IndexProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> IndexReport:
         """Index folders, files and glob patterns incrementally; see the module docstring for guarantees.
 
-        Unchanged files (same SHA-256, complete chunk set) are skipped; changed files get their new chunks
-        written, then their stale chunks deleted; with ``prune``, chunks of files that left a folder (or
-        became empty, binary or too large) are deleted. Files that fail to read keep their old chunks.
-        ``should_stop`` is polled after every step; when it returns True the run stops cleanly
-        (``report.interrupted``), and the next run resumes. Raises ``FileNotFoundError`` for a path
-        that does not exist.
+        A file is one entry whatever root reached it (a folder, a subfolder, the file itself, a glob):
+        its identity is its resolved absolute path, so re-indexing it replaces its chunks. Unchanged
+        files (same SHA-256, complete chunk set) are skipped; changed files get their new chunks
+        written, then their stale chunks deleted; files that became empty, binary or too large lose
+        theirs. ``prune`` decides what happens to indexed files under a walked folder that this run did
+        not index: by default (``None``) those that no longer exist lose their chunks, and those still
+        there (left out by ``include``/``exclude``, or now skipped) keep them and are listed in
+        ``report.kept``; ``True`` removes both; ``False`` removes neither. Files that fail to read, and
+        every file under a folder that cannot be read, keep their chunks. ``should_stop`` is polled after
+        every step; when it returns True the run stops cleanly (``report.interrupted``), and the next run
+        resumes. The store lock is taken first (:class:`~lganna_rag.stores.StoreInUseError` if another
+        process holds it). Raises ``FileNotFoundError`` for a path that does not exist.
         """
         t_start = time.perf_counter()
         loaded_before = self.load_seconds
         report = IndexReport()
         found = discover(paths, include, exclude)
+        self.backend.lock()
+        meta = self.backend.metadata()  # re-read under the lock: another process may have created it
+        if meta != self._meta:
+            self._meta, self._sparse = meta, None
+            if meta is not None and self._encoder is not None:
+                self._check_model(model_metadata(self._encoder))
         chunking = self._chunking(chunk_size, overlap)
         if self._meta is not None and self._meta.get("chunking") is None:
             self._ensure_collection([], chunking)
-        state = self._file_state([f.root for f in found.files] + found.folder_roots +
-                                 [s.root for s in found.skipped if s.root is not None])
+        state, listed = self._file_state()
+        if self._meta is not None:
+            self._verify(state, listed, report)
         prog = IndexProgress(files_total=len(found.files), started=t_start)
         for s in found.skipped:
             (report.failed if s.failed else report.skipped).append(s)
+        folder_roots = {str(r) for r in found.folder_roots}
 
         # chunks waiting to be written, and per file what remains to do once they are
-        batch: list[tuple[str, str, dict[str, Any], tuple[str, str]]] = []
-        pending: dict[tuple[str, str], dict[str, Any]] = {}
+        batch: list[tuple[str, str, dict[str, Any], str]] = []
+        pending: dict[str, dict[str, Any]] = {}
 
-        def finish(key: tuple[str, str]) -> None:
+        def finish(key: str) -> None:
             """All new chunks of a file are written: update moved chunks, then delete stale ones."""
             job = pending.pop(key)
+            if job["repayload"] or job["stale"]:
+                self._begin_write()
             for pid, fields in job["repayload"]:
                 self.backend.set_payload(pid, fields)
             if job["stale"]:
@@ -503,21 +597,26 @@ class Index:
                     report.interrupted = True
                     return
 
-        seen: set[tuple[str, str]] = set()
+        seen: set[str] = set()
+        policy_skips: dict[str, str] = {}
         for ref in found.files:
-            key = (str(ref.root), ref.source)
+            key = ref.identity
             seen.add(key)
             prog.current = ref.source
             loaded = load_file(ref, max_file_mb)
             existing = state.get(key, {})
             if isinstance(loaded, Skip):
                 (report.failed if loaded.failed else report.skipped).append(loaded)
+                if not loaded.failed:
+                    policy_skips[key] = loaded.reason
             else:
-                report.warnings.extend((ref.source, w) for w in loaded.warnings)
-                if _is_complete(existing, loaded.file_hash):
-                    report.unchanged.append(ref.source)
+                root, source = _placement(ref, existing)
+                fields = {"path": key, "root": root, "source": source}
+                report.warnings.extend((source, w) for w in loaded.warnings)
+                if _is_complete(existing, loaded.file_hash, fields):
+                    report.unchanged.append(source)
                 else:
-                    self._plan_file(ref, loaded, existing, self._get_chunker(chunking), batch, pending, report)
+                    self._plan_file(key, fields, loaded, existing, self._get_chunker(chunking), batch, pending, report)
                     if pending[key]["remaining"] == 0:
                         finish(key)
             prog.files_done += 1
@@ -530,23 +629,35 @@ class Index:
                 break
         if not report.interrupted:
             write_batch(final=True)
-        # Deletions (skipped when interrupted: the next run does them). Files skipped by policy (now empty,
-        # binary, too large, ...) lose their chunks; with prune, so do files that left an indexed folder.
-        # Files that failed to read keep theirs.
+        # Deletions (skipped when interrupted: the next run does them).
         if not report.interrupted:
-            gone = {(str(s.root), s.source) for s in report.skipped if s.root is not None}
-            if prune:
-                folder_roots = {str(r) for r in found.folder_roots}
-                failed = {(str(s.root), s.source) for s in report.failed if s.root is not None}
-                gone |= {k for k in state if k[0] in folder_roots and k not in seen and k not in failed}
-            for key in sorted(gone):
-                if key in state:
-                    self.backend.delete(where={"root": key[0], "source": key[1]})
+            gone = {key: f"now skipped: {reason}" for key, reason in policy_skips.items()}
+            blocked = [str(p) for p in found.failed_folders]
+            for key in sorted(state):
+                root = next((r for r in folder_roots if _inside(key, r)), None)
+                if key in seen or key in gone or root is None or any(_inside(key, b) for b in blocked):
+                    continue
+                shown = key[len(root) + 1:]
+                if not _exists(key):
+                    if prune is not False:
+                        gone[key] = "no longer exists"
+                elif prune:
+                    gone[key] = "not part of this run (--include/--exclude, or skipped); removed by --prune"
+                else:
+                    report.kept.append(shown)
+            for key, reason in sorted(gone.items()):
+                if state.get(key):
+                    self._begin_write()
+                    self.backend.delete(ids=list(state[key]))
                     report.chunks_deleted += len(state[key])
-                    report.pruned.append(key[1])
+                    root = next((r for r in folder_roots if _inside(key, r)), None)
+                    shown = key[len(root) + 1:] if root else next(iter(state[key].values())).get("source", key)
+                    report.pruned.append(shown)
+                    report.removed.append((shown, reason))
         self.backend.flush()
         if report.chunks_written or report.chunks_deleted:
             self.backend.optimize()
+        self._end_write()
         report.seconds = time.perf_counter() - t_start
         report.load_seconds = self.load_seconds - loaded_before
         prog.event = "done"
@@ -554,27 +665,25 @@ class Index:
             progress(prog)
         return report
 
-    def _plan_file(self, ref: FileRef, loaded: LoadedFile, existing: dict[str, dict[str, Any]], chunker: Chunker,
-                   batch: list, pending: dict, report: IndexReport) -> None:
+    def _plan_file(self, key: str, fields: dict[str, str], loaded: LoadedFile, existing: dict[str, dict[str, Any]],
+                   chunker: Chunker, batch: list, pending: dict, report: IndexReport) -> None:
         """Queue the chunks of a new or changed file that are not in the store yet."""
-        key = (str(ref.root), ref.source)
         chunks = chunker.split(loaded.text)
-        path = f"{ref.root.as_posix()}/{ref.source}"
-        job: dict[str, Any] = {"source": ref.source, "remaining": 0, "repayload": [], "stale": []}
+        job: dict[str, Any] = {"source": fields["source"], "remaining": 0, "repayload": [], "stale": []}
         new_ids = set()
         for c in chunks:
-            pid = chunk_id(path, c.index, c.text)
+            pid = chunk_id(key, c.index, c.text)
             new_ids.add(pid)
-            fields = {"root": str(ref.root), "source": ref.source, "chunk": c.index, "n_chunks": len(chunks),
-                      "start": c.start, "end": c.end, "file_hash": loaded.file_hash}
+            wanted = {**fields, "chunk": c.index, "n_chunks": len(chunks), "start": c.start, "end": c.end,
+                      "file_hash": loaded.file_hash}
             old = existing.get(pid)
             if old is None:
-                batch.append((pid, c.text, {**fields, "text": c.text}, key))
+                batch.append((pid, c.text, {**wanted, "text": c.text}, key))
                 job["remaining"] += 1
             else:
                 report.chunks_reused += 1
-                if any(old.get(f) != v for f, v in fields.items()):
-                    job["repayload"].append((pid, fields))
+                if any(old.get(f) != v for f, v in wanted.items()):
+                    job["repayload"].append((pid, wanted))
         job["stale"] = [pid for pid in existing if pid not in new_ids]
         pending[key] = job
 
@@ -611,6 +720,7 @@ class Index:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         meta = self._require()
+        self._checked_count()  # a store that lost points is an error, not "no results"
         if vector is not None:
             vector = np.asarray(vector, dtype=np.float32)
             if vector.shape != (meta["model"]["dimension"],):
@@ -624,22 +734,54 @@ class Index:
         if vector is None and sparse is None:
             raise ValueError("give a query vector, a query text, or both")
         raw = self.backend.search(vector, sparse, k, where, max(MIN_PREFETCH, 2 * k))
+        if len(raw) < k:
+            self._check_short_result(raw, k, where, dense=vector is not None)
+        if any("text" not in p for _, _, p in raw):
+            raise self.backend.damaged("chunks without their payload were found (ghost points)")
         return [Hit(pid, score, p.get("text", ""), p.get("source"), p.get("chunk"), p.get("start"), p.get("end"), p)
                 for pid, score, p in raw]
 
+    def payload_keys(self, sample: int = 256) -> list[str]:
+        """Payload keys of the collection's chunks (from the first ``sample`` points): what ``where`` can filter on."""
+        keys: set[str] = set()
+        if self._meta is None:
+            return []
+        for i, (_, p) in enumerate(self.backend.scroll(True)):
+            keys.update(p)
+            if i + 1 >= sample:
+                break
+        return sorted(keys)
+
+    def _check_short_result(self, raw: list, k: int, where: Where | None, *, dense: bool) -> None:
+        """Fewer than ``k`` hits: an unknown ``where`` key is a ValueError; a dense ranking that misses
+        chunks the collection holds means the store is damaged (never a silent short answer)."""
+        if where:
+            unknown = [key for key in where if self.backend.count({key: where[key]}) == 0
+                       and self.backend.count_empty(key) == self.backend.count()]
+            if unknown:
+                raise ValueError(f"unknown filter key {unknown[0]!r}: no chunk has it; the chunks' payload keys "
+                                 f"are {', '.join(self.payload_keys())}")
+        if dense:
+            expected = min(k, self.backend.count(where))
+            if len(raw) < expected:
+                raise self.backend.damaged(f"a search returned {len(raw)} of the {expected} chunks it should have "
+                                           f"(unreadable vectors)")
+
     def count(self, where: Where | None = None) -> int:
         """Number of chunks (optionally those matching ``where``); 0 if the collection does not exist."""
-        return self.backend.count(where) if self._meta is not None else 0
+        if self._meta is None:
+            return 0
+        return self.backend.count(where) if where else self._checked_count()
 
     def files(self) -> dict[str, int]:
-        """Chunk count per indexed file (``root/source``); texts added without a source are not listed."""
+        """Chunk count per indexed file (its resolved absolute path); texts added without a source are not listed."""
         out: dict[str, int] = {}
         if self._meta is None:
             return out
-        for _, p in self.backend.scroll(["root", "source"]):
+        for _, p in self.backend.scroll(["path", "root", "source"]):
             if p.get("source") is None:
                 continue
-            name = f"{p['root']}/{p['source']}" if p.get("root") else str(p["source"])
+            name = _point_file(p) or str(p["source"])
             out[name] = out.get(name, 0) + 1
         return out
 
@@ -650,7 +792,8 @@ class Index:
             raise ValueError("give exactly one of ids, where or paths")
         if self._meta is None:
             return 0
-        before = self.backend.count()
+        before = self._checked_count()
+        self._begin_write()
         if ids is not None:
             self.backend.delete(ids=[_point_id(i) for i in ids])
         elif where is not None:
@@ -658,11 +801,92 @@ class Index:
                 raise ValueError("where={} would delete everything; use drop() to delete the collection")
             self.backend.delete(where=where)
         else:
-            targets = [Path(p).expanduser().resolve() for p in paths or []]
-            doomed = [pid for pid, p in self.backend.scroll(["root", "source"]) if _under(p, targets)]
+            targets = [file_identity(Path(p).expanduser()) for p in paths or []]
+            doomed = [pid for pid, p in self.backend.scroll(["path", "root", "source"]) if _under(p, targets)]
             self.backend.delete(ids=doomed)
         self.backend.flush()
+        self._end_write()
         return before - self.backend.count()
+
+    def check(self, repair: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Verify the collection's store; with ``repair``, rebuild a damaged one from what can be read.
+
+        Checks: every point is listed and has its payload, every stored vector reads back, a dense query
+        answers, every file's chunks form one complete version. The repair re-embeds the text of every
+        readable chunk (same model and BM25 settings) into a new shard, swapped in when complete; points
+        whose payload was lost are dropped (``lganna-rag index`` re-indexes their files). Returns
+        ``{"chunks", "files", "problems", "incomplete_files", "repaired", "lost"}``.
+        """
+        self._require()
+        problems: list[str] = []
+        incomplete: list[str] = []
+        total = listed = 0
+        files: dict[str, list[dict[str, Any]]] = {}
+        try:
+            total = self.backend.count()
+            recorded = (self._meta or {}).get("points")
+            if isinstance(self.backend, EdgeBackend) and recorded is not None and recorded != total:
+                problems.append(f"the store counts {total} chunks where {recorded} were recorded after the last write")
+            for _, p in self.backend.scroll(_STATE_FIELDS):
+                listed += 1
+                ident = _point_file(p)
+                if ident is not None:
+                    files.setdefault(ident, []).append(p)
+            if total != listed:
+                problems.append(f"the store counts {total} chunks but lists {listed}")
+            ghosts = self.backend.count_empty("text")
+            if ghosts:
+                problems.append(f"{ghosts} chunks lost their payload (text, source)")
+            if isinstance(self.backend, EdgeBackend):
+                dim = int(self._require()["model"]["dimension"])
+                bad = sum(1 for _, d, sp in self.backend.vector_sizes() if d != dim or sp < 0)
+                if bad:
+                    problems.append(f"{bad} chunks have unreadable vectors")
+            if total:
+                self._probe(total)
+        except IndexStoreError as exc:
+            if not isinstance(exc, StoreDamagedError):
+                raise
+            problems.append(str(exc).split("; repair it with")[0])
+        for ident, pts in sorted(files.items()):
+            n = {p.get("n_chunks") for p in pts}
+            if len(n) != 1 or len(pts) != next(iter(n)) or len({p.get("file_hash") for p in pts}) != 1:
+                incomplete.append(ident)
+        result = {"chunks": total, "files": len(files), "problems": problems, "incomplete_files": incomplete,
+                  "repaired": False, "lost": 0}
+        if repair and problems:
+            kept, lost = self._rebuild(progress)
+            result.update(repaired=True, lost=lost, chunks=kept)
+        return result
+
+    def _rebuild(self, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Re-embed every readable chunk into a new shard; returns (chunks kept, chunks lost)."""
+        if not isinstance(self.backend, EdgeBackend):
+            raise IndexStoreError(f"{self.backend.describe()} cannot be repaired here; {self.backend.repair_hint()}")
+        try:
+            rows = [(pid, p) for pid, p in self.backend.scroll(True)]
+        except StoreDamagedError:
+            raise StoreDamagedError(
+                f"the store at {self.backend.dir} is damaged beyond repair (its chunks cannot be read); rebuild it "
+                f"from your files with `lganna-rag index PATHS --recreate --path {self.backend.root}`"
+            ) from None
+        good = [(pid, p) for pid, p in rows if isinstance(p.get("text"), str)]
+        encoder, sparse = self.encoder, self.sparse
+
+        def points() -> Iterable[tuple[str, np.ndarray, tuple[list[int], list[float]], dict[str, Any]]]:
+            for start in range(0, len(good), WRITE_BATCH):
+                step = good[start:start + WRITE_BATCH]
+                texts = [p["text"] for _, p in step]
+                dense = encoder.encode_documents(texts, batch_size=self.batch_size, show_progress_bar=False)
+                yield from zip([pid for pid, _ in step], dense, sparse.documents(texts), [p for _, p in step])
+                if progress:
+                    progress(min(start + WRITE_BATCH, len(good)), len(good))
+
+        recorded = (self._meta or {}).get("points")
+        self._record_count(None)
+        kept = self.backend.replace_shard(points())
+        self._end_write()
+        return kept, max(len(rows), recorded or 0) - len(good)
 
     def drop(self) -> None:
         """Delete the whole collection."""
@@ -711,19 +935,67 @@ def _point_id(value: str | int) -> str:
         return str(uuid.uuid5(ID_NAMESPACE, f"id\x00{value}"))
 
 
-def _under(payload: dict[str, Any], targets: Sequence[Path]) -> bool:
-    """Whether a point's file (``root/source``) is one of ``targets`` or inside one of them."""
-    if not payload.get("root") or payload.get("source") is None:
-        return False
-    path = Path(payload["root"]) / payload["source"]
-    return any(t == path or t in path.parents for t in targets)
+def _point_file(payload: dict[str, Any]) -> str | None:
+    """The identity of the file a point belongs to (``None`` for texts added without a file)."""
+    if payload.get("path"):
+        return payload["path"]
+    if payload.get("root") and payload.get("source") is not None:
+        return _legacy_identity(payload["root"], payload["source"])
+    return None
 
 
-def _is_complete(existing: dict[str, dict[str, Any]], file_hash: str) -> bool:
-    """Whether a file's points are exactly chunks ``0..n-1`` of the version with ``file_hash``."""
+def _under(payload: dict[str, Any], targets: Sequence[str]) -> bool:
+    """Whether a point's file is one of ``targets`` (identities) or inside one of them."""
+    path = _point_file(payload)
+    return path is not None and any(_inside(path, t) for t in targets)
+
+
+def _is_complete(existing: dict[str, dict[str, Any]], file_hash: str, fields: dict[str, str]) -> bool:
+    """Whether a file's points are exactly chunks ``0..n-1`` of the version with ``file_hash``, recorded
+    under this identity and placement (``fields``: path, root, source)."""
     if not existing:
         return False
     n = len(existing)
     chunks = sorted(p.get("chunk", -1) for p in existing.values())
-    return (all(p.get("file_hash") == file_hash and p.get("n_chunks") == n for p in existing.values())
+    return (all(p.get("file_hash") == file_hash and p.get("n_chunks") == n and
+                all(p.get(f) == v for f, v in fields.items()) for p in existing.values())
             and chunks == list(range(n)))
+
+
+def _legacy_identity(root: str, source: str) -> str:
+    """The identity of a chunk recorded by ``(root, source)`` only (stores written before ``path``)."""
+    joined = os.path.normpath(os.path.join(path_from_safe_name(root), path_from_safe_name(source)))
+    return file_identity(joined)
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether the absolute posix ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _exists(identity: str) -> bool:
+    """Whether the file still exists; ``True`` when that cannot be told (a permission error keeps chunks)."""
+    try:
+        os.lstat(path_from_safe_name(identity))
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
+def _placement(ref: FileRef, existing: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """The ``(root, source)`` a file is shown under: that of the broadest folder it was indexed through.
+
+    Indexing a file or a subfolder again keeps the placement it has under a folder above it (so its
+    ``source`` and ``--filter source=...`` stay the same); indexing a folder above it moves it there.
+    """
+    root = safe_name(ref.root.as_posix())
+    if not existing:
+        return root, ref.source
+    old = next(iter(existing.values()))
+    old_root, old_source = old.get("root"), old.get("source")
+    if old_root and old_source is not None and _inside(ref.identity, old_root) and not (
+            old_root != root and _inside(old_root, root)):
+        return old_root, old_source
+    return root, ref.source

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import errno
 import fnmatch
 import glob
 import hashlib
@@ -44,26 +45,80 @@ SUPPORTED_EXTENSIONS = MARKUP_EXTENSIONS | HTML_EXTENSIONS | PDF_EXTENSIONS | CO
 #: Always excluded: hidden files and folders (.git, .venv, .lganna, ...) and build/dependency folders.
 DEFAULT_EXCLUDES = (".*", "node_modules", "__pycache__", "*.egg-info", "venv")
 DEFAULT_MAX_FILE_MB = 20.0
+#: Hard ceiling on the bytes read from one file, even when ``max_file_mb`` is 0 (disabled) or larger.
+MAX_FILE_MB_CEILING = 256.0
+#: Most characters of text taken from one PDF, and most bytes one PDF stream may decompress to.
+MAX_PDF_TEXT_CHARS = 32 * 1024 * 1024
+MAX_PDF_STREAM_BYTES = 64 * 1024 * 1024
+
+
+def safe_name(path: str | os.PathLike) -> str:
+    """A printable, UTF-8-encodable form of a path: undecodable bytes of a non-UTF-8 name (surrogate
+    escapes) become ``\\xNN``; every other path is unchanged."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def path_from_safe_name(name: str) -> str:
+    """Best-effort inverse of :func:`safe_name` (``\\xNN`` escapes back to the bytes they stand for)."""
+    if "\\x" not in name:
+        return name
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), name.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """A file's identity in a collection: its resolved absolute path (as :func:`safe_name`)."""
+    return safe_name(Path(path).resolve().as_posix())
+
+
+def clean_text(text: str) -> tuple[str, str | None]:
+    """Replace lone surrogates (not valid Unicode; tokenizers reject them) with U+FFFD; returns a warning."""
+    try:
+        text.encode("utf-8")
+        return text, None
+    except UnicodeEncodeError as exc:
+        bad = sum(1 for ch in text if "\ud800" <= ch <= "\udfff")
+        cleaned = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+        return cleaned, (f"invalid Unicode (lone surrogate at character {exc.start}); {bad} character(s) replaced "
+                         f"with U+FFFD")
 
 
 # ------------------------------------------------------------------------------------------ discovery
 @dataclass(frozen=True)
 class FileRef:
-    """A file to index: its real path, the root it belongs to and its path relative to that root."""
+    """A file to index: its path, the root it was reached from and its path relative to that root.
+
+    ``source`` is printable (see :func:`safe_name`); the file's identity in a collection is
+    :func:`file_identity` of ``path`` (its resolved absolute path), whatever root it was reached from.
+    """
 
     path: Path
     root: Path
     source: str
 
+    @property
+    def identity(self) -> str:
+        """The resolved absolute path (printable form): one identity per file, whatever root reached it."""
+        return file_identity(self.path)
+
 
 @dataclass(frozen=True)
 class Skip:
-    """A file that was not indexed, and why (``failed`` marks errors rather than policy skips)."""
+    """A file that was not indexed, and why (``failed`` marks errors rather than policy skips).
+
+    ``path`` is the absolute path skipped (a folder for an unreadable folder), when known.
+    """
 
     source: str
     reason: str
     root: Path | None = None
     failed: bool = False
+    path: Path | None = None
 
 
 @dataclass
@@ -73,6 +128,11 @@ class Discovery:
     files: list[FileRef] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     folder_roots: list[Path] = field(default_factory=list)
+
+    @property
+    def failed_folders(self) -> list[Path]:
+        """Folders that could not be read: their files keep their chunks."""
+        return [s.path for s in self.skipped if s.failed and s.path is not None and s.source.endswith("/")]
 
 
 def _matches(rel: str, patterns: Iterable[str]) -> bool:
@@ -94,6 +154,11 @@ def is_supported(name: str) -> bool:
     return path.suffix.lower() in SUPPORTED_EXTENSIONS or path.name in TEXT_NAMES
 
 
+def _unsupported(rel: str, name: str, root: Path | None, path: Path) -> Skip:
+    return Skip(rel, f"unsupported file type ({Path(name).suffix or 'no extension'}); use --include to index it "
+                     f"as text", root, path=path)
+
+
 def discover(
     paths: Sequence[str | os.PathLike],
     include: Sequence[str] = (),
@@ -103,57 +168,101 @@ def discover(
 
     Folders are walked recursively (sorted, so runs are deterministic); their files are relative to the
     folder, which becomes a *folder root* (chunks of its files that no longer exist may be pruned). A
-    file argument's root is its folder. ``include`` keeps only matching files (and admits unknown
-    extensions as text); ``exclude`` adds to :data:`DEFAULT_EXCLUDES`. Raises ``FileNotFoundError``
-    for a path that does not exist or a pattern that matches nothing.
+    file argument's root is its folder; a glob's root is the folder before its first wildcard, and a
+    glob, like a folder walk, never follows a symlink out of that root and applies the same file-type
+    check. ``include`` keeps only matching files (and admits unknown extensions as text); ``exclude``
+    adds to :data:`DEFAULT_EXCLUDES`. A file reached twice (through a symlink, or by two arguments) is
+    listed once. Raises ``FileNotFoundError`` for a path that does not exist or a pattern that matches
+    nothing.
     """
     found = Discovery()
     excludes = (*DEFAULT_EXCLUDES, *exclude)
-    seen: set[Path] = set()
+    seen: set[Path] = set()  # resolved folders walked and files listed
     for raw in paths:
         text = os.fspath(raw)
         if glob.has_magic(text) and not Path(text).exists():
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            pattern = os.path.expanduser(text)
+            matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"pattern {text!r} matches no files")
-            base = _glob_base(os.path.expanduser(text))
+                raise FileNotFoundError(f"pattern {safe_name(text)!r} matches no files")
+            base, shown_base = _glob_base(pattern)
             for m in matches:
-                match = Path(m)
-                if match.is_symlink() and not _inside(match.resolve(), base):
-                    found.skipped.append(Skip(m, f"symlink points outside {base} (-> {match.resolve()}); not followed"))
-                elif match.is_file():
-                    _add_file(found, match, include, excludes, seen, explicit=False)
+                _add_glob_match(found, Path(m), base, shown_base, include, excludes, seen)
             continue
         path = Path(text).expanduser()
         if not path.exists() and not path.is_symlink():
-            raise FileNotFoundError(f"path {text!r} does not exist")
+            raise FileNotFoundError(f"path {safe_name(text)!r} does not exist")
         if path.is_dir():
             root = path.resolve()
             found.folder_roots.append(root)
-            _walk(found, root, root, include, excludes, seen, {root})
+            if root not in seen:
+                seen.add(root)
+                _walk(found, root, root, include, excludes, seen, {root})
         elif path.is_file():
             _add_file(found, path, include, excludes, seen, explicit=True)
         else:
-            found.skipped.append(Skip(text, "not a regular file or folder (broken symlink, device or pipe)"))
+            found.skipped.append(Skip(safe_name(text), "not a regular file or folder (broken symlink, device or pipe)",
+                                      path=Path(os.path.abspath(path))))
     return found
 
 
-def _glob_base(pattern: str) -> Path:
-    """The folder a glob pattern searches: its leading parts without wildcards."""
+def _glob_base(pattern: str) -> tuple[Path, Path]:
+    """The folder a glob pattern searches (its leading parts without wildcards): resolved, and as written."""
     parts = Path(pattern).parts
     fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
-    return Path(*fixed).resolve() if fixed else Path.cwd()
+    shown = Path(os.path.abspath(Path(*fixed))) if fixed else Path.cwd()
+    return shown.resolve(), shown
 
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _add_glob_match(found: Discovery, match: Path, base: Path, shown_base: Path, include: Sequence[str],
+                    excludes: Sequence[str], seen: set[Path]) -> None:
+    """One glob match: kept inside the pattern's folder (symlinks included), excludes and file types applied."""
+    absolute = Path(os.path.abspath(match))
+    try:
+        rel = absolute.relative_to(shown_base).as_posix()
+    except ValueError:
+        rel = absolute.name
+    shown = safe_name(rel)
+    try:
+        real = match.resolve()
+        st = real.stat()
+    except OSError as exc:
+        found.skipped.append(Skip(shown, f"cannot stat: {exc.strerror or exc}", base, failed=True, path=absolute))
+        return
+    if _inside(real, base) and real != base:  # named by where it really is (one name through in-root symlinks)
+        rel = real.relative_to(base).as_posix()
+        shown = safe_name(rel)
+    if not _inside(real, base):
+        # a symlinked file, or any file under a symlinked folder, that leads out of the pattern's folder
+        found.skipped.append(Skip(shown, f"symlink points outside {safe_name(base)} (-> {safe_name(real)}); not "
+                                         f"followed", base, path=absolute))
+        return
+    if stat.S_ISDIR(st.st_mode) or _matches(rel, excludes):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        found.skipped.append(Skip(shown, "not a regular file (device, socket or pipe)", base, path=absolute))
+        return
+    if include:
+        if not _matches(rel, include):
+            return
+    elif not is_supported(match.name):
+        found.skipped.append(_unsupported(shown, match.name, base, absolute))
+        return
+    if real in seen:
+        return
+    seen.add(real)
+    found.files.append(FileRef(real, base, shown))
+
+
 def _add_file(found: Discovery, path: Path, include: Sequence[str], excludes: Sequence[str], seen: set[Path],
               *, explicit: bool) -> None:
     real = path.resolve()
     root = real.parent
-    ref = FileRef(real, root, real.name)
+    ref = FileRef(real, root, safe_name(real.name))
     if real in seen:
         return
     seen.add(real)
@@ -172,11 +281,13 @@ def _walk(found: Discovery, root: Path, folder: Path, include: Sequence[str], ex
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        found.skipped.append(Skip(_rel(folder, root) + "/", f"folder not readable: {exc.strerror or exc}", root, failed=True))
+        found.skipped.append(Skip(safe_name(_rel(folder, root)) + "/", f"folder not readable: {exc.strerror or exc}",
+                                  root, failed=True, path=folder.resolve()))
         return
     for entry in entries:
         path = Path(entry.path)
         rel = _rel(path, root)
+        shown = safe_name(rel)
         if _matches(rel, excludes):
             continue
         try:
@@ -184,21 +295,29 @@ def _walk(found: Discovery, root: Path, folder: Path, include: Sequence[str], ex
             if is_link:
                 target = Path(os.path.realpath(path))
                 if not target.exists():
-                    found.skipped.append(Skip(rel, f"broken symlink (-> {os.readlink(path)})", root))
+                    found.skipped.append(Skip(shown, f"broken symlink (-> {safe_name(os.readlink(path))})", root,
+                                              path=path))
                     continue
                 if not _inside(target, root):
-                    found.skipped.append(Skip(rel, f"symlink points outside the indexed root (-> {target}); not followed", root))
+                    found.skipped.append(Skip(shown, f"symlink points outside the indexed root (-> {safe_name(target)}); "
+                                                     f"not followed", root, path=path))
                     continue
             else:
                 target = path
             st = path.stat()
         except OSError as exc:
-            found.skipped.append(Skip(rel, f"cannot stat: {exc.strerror or exc}", root, failed=True))
+            found.skipped.append(Skip(shown, f"cannot stat: {exc.strerror or exc}", root, failed=True, path=path))
             continue
         if stat.S_ISDIR(st.st_mode):
             real = target.resolve()
-            if real in ancestors or (is_link and real in seen):
-                found.skipped.append(Skip(rel + "/", f"symlink loop (-> {real}); not followed", root))
+            if real in ancestors:
+                found.skipped.append(Skip(shown + "/", f"symlink loop (-> {safe_name(real)}); not followed", root,
+                                          path=path))
+                continue
+            if real in seen:  # e.g. a symlink to a folder walked already: its files are listed once
+                if is_link:
+                    found.skipped.append(Skip(shown + "/", f"symlink to a folder already indexed (-> "
+                                                           f"{safe_name(real)}); not walked twice", root, path=path))
                 continue
             seen.add(real)
             _walk(found, root, path, include, excludes, seen, ancestors | {real})
@@ -207,12 +326,15 @@ def _walk(found: Discovery, root: Path, folder: Path, include: Sequence[str], ex
                 if not _matches(rel, include):
                     continue
             elif not is_supported(entry.name):
-                found.skipped.append(Skip(rel, f"unsupported file type ({Path(entry.name).suffix or 'no extension'}); "
-                                               f"use --include to index it as text", root))
+                found.skipped.append(_unsupported(shown, entry.name, root, path))
                 continue
-            found.files.append(FileRef(path, root, rel))
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            found.files.append(FileRef(path, root, shown))
         else:
-            found.skipped.append(Skip(rel, "not a regular file (device, socket or pipe)", root))
+            found.skipped.append(Skip(shown, "not a regular file (device, socket or pipe)", root, path=path))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -306,54 +428,107 @@ def _looks_binary(data: bytes) -> bool:
     return b"\x00" in head
 
 
-def _pdf_text(path: Path) -> str:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+def _pdf_text(data: bytes) -> str:
+    """Text of a PDF's pages; decompression and the text taken are bounded, pypdf's own warnings silenced."""
+    import io
+    import logging
+    import warnings
 
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import PyPdfError
+
+    limits = {name: MAX_PDF_STREAM_BYTES for name in (
+        "zlib_maximum_output_length", "lzw_maximum_output_length", "run_length_maximum_output_length",
+        "array_based_stream_maximum_output_length", "maximum_declared_stream_length")}
+    pdf_logger = logging.getLogger("pypdf")
+    level = pdf_logger.level
+    pdf_logger.setLevel(logging.CRITICAL)  # "incorrect startxref pointer" and the like: noise on stderr
     try:
-        reader = PdfReader(str(path))
-        if reader.is_encrypted:
-            raise ValueError("the PDF is encrypted")
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        with warnings.catch_warnings(), apply_configuration(**limits):
+            warnings.simplefilter("ignore")
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted:
+                raise ValueError("the PDF is encrypted")
+            pages, total = [], 0
+            for page in reader.pages:
+                text = (page.extract_text() or "").strip()
+                total += len(text)
+                if total > MAX_PDF_TEXT_CHARS:
+                    raise ValueError(f"more than {MAX_PDF_TEXT_CHARS // 1024 // 1024} M characters of text")
+                pages.append(text)
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            MemoryError, OverflowError, ZeroDivisionError, AssertionError) as exc:
         raise ValueError(f"could not read PDF: {exc}") from exc
+    finally:
+        pdf_logger.setLevel(level)
     return "\n\n".join(p for p in pages if p)
 
 
-def load_file(ref: FileRef, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> LoadedFile | Skip:
-    """Read and decode one file; return a :class:`Skip` (with its reason) instead of raising."""
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file (never blocks on a pipe swapped in after discovery)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EINVAL, "not a regular file", str(path))
+        chunks, left = [], limit + 1
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 20))
+            if not block:
+                break
+            chunks.append(block)
+            left -= len(block)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> LoadedFile | Skip:
+    """Read and decode one file; return a :class:`Skip` (with its reason) instead of raising.
+
+    At most ``max_file_mb`` is read (the bytes actually read are counted, not only the size ``stat``
+    reports); 0 or ``None`` disables the option, but never the hard ceiling :data:`MAX_FILE_MB_CEILING`.
+    """
+    shown = ref.source
+    cap = MAX_FILE_MB_CEILING if not max_file_mb or max_file_mb > MAX_FILE_MB_CEILING else max_file_mb
+    limit = int(cap * 1024 * 1024)
+    option = "--max-file-mb" if cap == max_file_mb else "the hard limit"
     try:
         size = ref.path.stat().st_size
-        if max_file_mb and size > max_file_mb * 1024 * 1024:
-            return Skip(ref.source, f"larger than --max-file-mb {max_file_mb:g} ({size / 1024 / 1024:.1f} MB)", ref.root)
-        with open(ref.path, "rb") as fh:
-            data = fh.read()
+        if size > limit:
+            return Skip(shown, f"larger than {option} {cap:g} ({size / 1024 / 1024:.1f} MB)", ref.root, path=ref.path)
+        data = _read_bounded(ref.path, limit)
     except OSError as exc:
-        return Skip(ref.source, f"cannot read: {exc.strerror or exc}", ref.root, failed=True)
+        return Skip(shown, f"cannot read: {exc.strerror or exc}", ref.root, failed=True, path=ref.path)
+    if len(data) > limit:  # the file grew after stat (or stat lied: /proc, FUSE)
+        return Skip(shown, f"larger than {option} {cap:g} (more than {cap:g} MB read)", ref.root, path=ref.path)
     file_hash = hashlib.sha256(data).hexdigest()
     if not data.strip():
-        return Skip(ref.source, "empty file", ref.root)
+        return Skip(shown, "empty file", ref.root, path=ref.path)
     suffix = ref.path.suffix.lower()
     warnings: list[str] = []
     if suffix in PDF_EXTENSIONS:
         if not data.startswith(b"%PDF"):
-            return Skip(ref.source, "not a PDF file (no %PDF header)", ref.root, failed=True)
+            return Skip(shown, "not a PDF file (no %PDF header)", ref.root, failed=True, path=ref.path)
         try:
-            text = _pdf_text(ref.path)
+            text = _pdf_text(data)
         except ValueError as exc:
-            return Skip(ref.source, str(exc), ref.root, failed=True)
+            return Skip(shown, str(exc), ref.root, failed=True, path=ref.path)
+        text, warning = clean_text(text)
         if not text.strip():
-            return Skip(ref.source, "PDF has no extractable text (scanned images?)", ref.root)
-        return LoadedFile(ref, text, file_hash)
+            return Skip(shown, "PDF has no extractable text (scanned images?)", ref.root, path=ref.path)
+        return LoadedFile(ref, text, file_hash, [warning] if warning else [])
     if _looks_binary(data):
-        return Skip(ref.source, "binary file", ref.root)
+        return Skip(shown, "binary file", ref.root, path=ref.path)
     text, warning = decode_text(data)
     if warning:
         warnings.append(warning)
     if suffix in HTML_EXTENSIONS:
         text = html_to_text(text)
+    text, warning = clean_text(text)  # e.g. &#xD800; in HTML
+    if warning:
+        warnings.append(warning)
     if not text.strip():
-        return Skip(ref.source, "no text content", ref.root)
+        return Skip(shown, "no text content", ref.root, path=ref.path)
     return LoadedFile(ref, text, file_hash, warnings)
 
 
@@ -370,12 +545,12 @@ class Chunk:
 
 def content_hash(text: str) -> str:
     """Short SHA-256 of a text (used in chunk ids)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def chunk_id(path: str, index: int, text: str) -> str:
-    """Deterministic chunk id: UUIDv5 of the file path, chunk index and chunk content hash."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{path}\x00{index}\x00{content_hash(text)}"))
+    """Deterministic chunk id: UUIDv5 of the file path (:func:`safe_name` form), chunk index and content hash."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{safe_name(path)}\x00{index}\x00{content_hash(text)}"))
 
 
 _HEADING = re.compile(r"(?m)^(?:#{1,6}[ \t]+\S|.+\n[=\-~^*#]{3,}[ \t]*$|(?:class|def|function|func|fn|pub fn|impl|interface)\b)")

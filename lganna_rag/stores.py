@@ -12,6 +12,7 @@ reciprocal rank fusion. Both import their Qdrant package only when used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,17 @@ _COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 class IndexStoreError(RuntimeError):
     """The index store cannot be used as asked; the message says what to do."""
 
+
+class StoreInUseError(IndexStoreError):
+    """Another process holds the store (an index run, a search): wait for it; nothing is wrong with the store."""
+
+
+class StoreDamagedError(IndexStoreError):
+    """The store's files are damaged; the message names the store and the repair."""
+
+
+#: Payload fields with a keyword index (``path`` is a file's identity: its resolved absolute path).
+INDEXED_FIELDS = ("source", "root", "path")
 
 
 Where = dict[str, Any]
@@ -57,6 +69,7 @@ class EdgeBackend:
         self.collection = _check_collection_name(collection)
         self.dir = self.root / collection
         self._shard: Any = None
+        self._lock_fd: int | None = None
 
     def describe(self) -> str:
         """Where the points live, for messages."""
@@ -67,6 +80,84 @@ class EdgeBackend:
         """The collection's metadata file."""
         return self.dir / "collection.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """The file whose lock a process holds while it uses the collection (beside it, so ``drop`` keeps it)."""
+        return self.root / f".{self.collection}.lock"
+
+    def lock(self) -> None:
+        """Take this collection's lock (once per backend; released by :meth:`close`).
+
+        Taken before anything is created or opened, so of two processes creating the same new store one
+        wins and the other gets :class:`StoreInUseError` instead of both writing it.
+        """
+        if self._lock_fd is not None:
+            return
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._in_use() from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _in_use(self) -> StoreInUseError:
+        return StoreInUseError(
+            f"the store {self.dir} is in use by another process (another `lganna-rag index`, a search or a Python "
+            f"program); wait for it to finish and run the command again"
+        )
+
+    def _busy(self) -> bool:
+        """Whether another process holds the collection's lock (checked before calling a store damaged)."""
+        if self._lock_fd is not None:
+            return False
+        try:
+            self.lock()
+        except StoreInUseError:
+            return True
+        except OSError:
+            return False
+        self._unlock()
+        return False
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def repair_hint(self) -> str:
+        """What to run to repair a damaged collection."""
+        flag = "" if self.collection == "default" else f" --collection {self.collection}"
+        return (f"repair it with `lganna-rag check --repair --path {self.root}{flag}` (keeps every readable chunk, "
+                f"re-embeds it), or rebuild it from your files with `lganna-rag index PATHS --recreate --path "
+                f"{self.root}{flag}`")
+
+    def damaged(self, what: str) -> IndexStoreError:
+        """The error for a damaged store (or "in use" if another process holds it: never advise deleting that)."""
+        if self._busy():
+            return self._in_use()
+        return StoreDamagedError(f"the store at {self.dir} is damaged: {what}; {self.repair_hint()}")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Map the engine's errors (plain ``Exception``, Rust panics) to :class:`IndexStoreError`."""
+        try:
+            yield
+        except (IndexStoreError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+            raise
+        except BaseException as exc:  # noqa: BLE001  the engine raises Exception and pyo3 PanicException
+            text = str(exc)
+            if "WouldBlock" in text or "lock" in text.lower():
+                raise self._in_use() from None
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise self.damaged(f"the Qdrant engine reports: {first}") from None
+
     def list_collections(self) -> list[str]:
         """Names of the collections in this store folder."""
         if not self.root.is_dir():
@@ -75,21 +166,26 @@ class EdgeBackend:
 
     def metadata(self) -> dict[str, Any] | None:
         """The collection's metadata, or ``None`` if it does not exist."""
+        rebuild = (f"rebuild it from your files with `lganna-rag index PATHS --recreate --path {self.root}"
+                   f"{'' if self.collection == 'default' else ' --collection ' + self.collection}`")
         if not self.meta_file.is_file():
             if (self.dir / "shard").exists():
-                raise IndexStoreError(
-                    f"the store at {self.dir} is corrupted: it has a shard but no collection.json; "
-                    f"delete {self.dir} or rebuild it with --recreate"
+                if self._busy():  # e.g. another process is creating or dropping it right now
+                    raise self._in_use()
+                raise StoreDamagedError(
+                    f"the store at {self.dir} is corrupted: it has a shard but no collection.json (the model it was "
+                    f"built with is unknown); {rebuild}"
                 )
             return None
         try:
             meta = json.loads(self.meta_file.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or "model" not in meta:
+            if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
                 raise ValueError("not a collection description")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise IndexStoreError(
-                f"the store at {self.dir} is corrupted: {self.meta_file.name} is unreadable ({exc}); "
-                f"delete {self.dir} or rebuild it with --recreate"
+            if self._busy():
+                raise self._in_use() from None
+            raise StoreDamagedError(
+                f"the store at {self.dir} is corrupted: {self.meta_file.name} is unreadable ({exc}); {rebuild}"
             ) from None
         return meta
 
@@ -103,12 +199,16 @@ class EdgeBackend:
         os.replace(tmp, self.meta_file)
 
     def create(self, meta: dict[str, Any]) -> None:
-        """Create the collection: the metadata first (atomically), then the shard with its payload indexes."""
+        """Create the collection (under its lock): the metadata first (atomically), then the shard."""
+        self.lock()
+        if self.metadata() is not None:  # created by another process since we looked
+            raise self._in_use()
         self._write_meta(meta)
         self._open()
 
     def update_metadata(self, meta: dict[str, Any]) -> None:
         """Replace the collection metadata (atomically)."""
+        self.lock()
         self._write_meta(meta)
 
     def _open(self) -> Any:
@@ -116,6 +216,15 @@ class EdgeBackend:
             return self._shard
         import qdrant_edge as qe
 
+        self.lock()
+        try:
+            self._shard = self._load_or_create(qe)
+        except BaseException:
+            self._unlock()  # nothing is open: do not keep others out
+            raise
+        return self._shard
+
+    def _load_or_create(self, qe: Any) -> Any:
         shard_dir = self.dir / "shard"
         segments = shard_dir / "segments"
         try:
@@ -131,23 +240,24 @@ class EdgeBackend:
                     vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
             else:
                 shard = qe.EdgeShard.load(str(shard_dir))
-            for key in sorted({"source", "root"} - set(shard.info().payload_schema)):
+            for key in sorted(set(INDEXED_FIELDS) - set(shard.info().payload_schema)):
                 shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
-        except IndexStoreError:
+        except (IndexStoreError, KeyboardInterrupt, SystemExit, MemoryError):
             raise
-        except Exception as exc:  # the Rust engine raises plain Exception with a message
+        except BaseException as exc:  # noqa: BLE001  plain Exception from the engine, or a pyo3 PanicException
             text = str(exc)
             if "WouldBlock" in text or "lock" in text.lower():
-                raise IndexStoreError(
-                    f"the store {self.dir} is in use by another process (another `lganna-rag index` or search?); "
-                    f"wait for it to finish"
-                ) from None
-            raise IndexStoreError(
-                f"the store at {self.dir} is corrupted or unreadable ({text.splitlines()[0] if text else type(exc).__name__}); "
-                f"delete {self.dir} or rebuild it with --recreate"
+                raise self._in_use() from None
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise StoreDamagedError(
+                f"the store at {self.dir} is corrupted or unreadable (the Qdrant engine reports: {first}); "
+                f"{self.repair_hint()}"
             ) from None
-        self._shard = shard
         return shard
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._unlock()
 
     # -- filters
     @staticmethod
@@ -172,13 +282,17 @@ class EdgeBackend:
 
         batch = [qe.Point(pid, {DENSE: dense, SPARSE: qe.SparseVector(idx, val)}, payload)
                  for pid, dense, (idx, val), payload in points]
-        self._open().update(qe.UpdateOperation.upsert_points(batch))
+        shard = self._open()
+        with self._guard():
+            shard.update(qe.UpdateOperation.upsert_points(batch))
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Set (merge) payload fields of one point."""
         import qdrant_edge as qe
 
-        self._open().update(qe.UpdateOperation.set_payload([point_id], payload))
+        shard = self._open()
+        with self._guard():
+            shard.update(qe.UpdateOperation.set_payload([point_id], payload))
 
     def delete(self, ids: Sequence[str] | None = None, where: Where | None = None,
                not_ids: Iterable[str] | None = None) -> None:
@@ -186,11 +300,12 @@ class EdgeBackend:
         import qdrant_edge as qe
 
         shard = self._open()
-        if ids is not None:
-            if ids:
-                shard.update(qe.UpdateOperation.delete_points(list(ids)))
-        else:
-            shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(where, not_ids)))
+        with self._guard():
+            if ids is not None:
+                if ids:
+                    shard.update(qe.UpdateOperation.delete_points(list(ids)))
+            else:
+                shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(where, not_ids)))
 
     def scroll(self, fields: list[str] | bool, where: Where | None = None, batch: int = 2048) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(id, payload)`` of every point matching ``where`` (only ``fields`` of the payload)."""
@@ -200,10 +315,31 @@ class EdgeBackend:
         flt = self._filter(where)
         offset = None
         while True:
-            records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt,
-                                                            with_payload=fields, with_vector=False))
-            for r in records:
-                yield str(r.id), dict(r.payload or {})
+            with self._guard():
+                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt,
+                                                                with_payload=fields, with_vector=False))
+                page = [(str(r.id), dict(r.payload or {})) for r in records]
+            yield from page
+            if offset is None:
+                return
+
+    def vector_sizes(self, batch: int = 512) -> Iterator[tuple[str, int, int]]:
+        """Yield ``(id, dense length, sparse length)`` of every point: reads every stored vector (a check)."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        offset = None
+        while True:
+            with self._guard():
+                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=False,
+                                                                with_vector=True))
+                page = []
+                for r in records:
+                    vec = r.vector or {}
+                    dense, sparse = vec.get(DENSE), vec.get(SPARSE)
+                    page.append((str(r.id), len(dense) if dense is not None else 0,
+                                 len(getattr(sparse, "indices", None) or []) if sparse is not None else -1))
+            yield from page
             if offset is None:
                 return
 
@@ -211,7 +347,25 @@ class EdgeBackend:
         """Number of points matching ``where``."""
         import qdrant_edge as qe
 
-        return int(self._open().count(qe.CountRequest(exact=True, filter=self._filter(where))))
+        shard = self._open()
+        with self._guard():
+            return int(shard.count(qe.CountRequest(exact=True, filter=self._filter(where))))
+
+    def count_empty(self, field: str) -> int:
+        """Number of points whose payload lacks ``field`` (e.g. ``text``: points whose payload was lost)."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        with self._guard():
+            return int(shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=[qe.IsEmptyCondition(field)]))))
+
+    def delete_empty(self, field: str) -> None:
+        """Delete the points whose payload lacks ``field``."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        with self._guard():
+            shard.update(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[qe.IsEmptyCondition(field)])))
 
     def search(self, dense: np.ndarray | None, sparse: tuple[list[int], list[float]] | None, k: int,
                where: Where | None, prefetch: int) -> list[tuple[str, float, dict[str, Any]]]:
@@ -229,32 +383,84 @@ class EdgeBackend:
             )
         else:
             request = qe.QueryRequest(limit=k, query=dense_q or sparse_q, with_payload=True, filter=flt)
-        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in self._open().query(request)]
+        shard = self._open()
+        with self._guard():
+            return [(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def flush(self) -> None:
         """Make written points durable."""
         if self._shard is not None:
-            self._shard.flush()
+            with self._guard():
+                self._shard.flush()
 
     def optimize(self) -> None:
         """Merge segments and build the HNSW and sparse indexes."""
         if self._shard is not None:
-            self._shard.optimize()
+            with self._guard():
+                self._shard.optimize()
 
     def drop(self) -> None:
-        """Delete the collection and its files."""
-        self.close()
+        """Delete the collection and its files (under its lock, which is kept until :meth:`close`)."""
+        if self._shard is not None:
+            with contextlib.suppress(Exception):
+                self._shard.close()
+            self._shard = None
+        self.lock()
         if self.dir.exists():
             shutil.rmtree(self.dir)
 
-    def close(self) -> None:
-        """Flush and release the shard (and its lock)."""
+    def replace_shard(self, points: Iterable[Point]) -> int:
+        """Rebuild the shard from ``points`` (a repair): written beside the old one, then swapped in."""
+        import qdrant_edge as qe
+
+        meta = self.metadata()
+        if meta is None:
+            raise IndexStoreError(f"collection {self.collection!r} does not exist in {self.root}")
+        self.lock()
         if self._shard is not None:
-            try:
-                self._shard.flush()
-            finally:
+            with contextlib.suppress(BaseException):
                 self._shard.close()
-                self._shard = None
+            self._shard = None
+        new_dir, old_dir = self.dir / "shard.repair", self.dir / "shard.damaged"
+        for d in (new_dir, old_dir):
+            if d.exists():
+                shutil.rmtree(d)
+        dense = qe.EdgeVectorParams(size=int(meta["model"]["dimension"]), distance=qe.Distance.Cosine)
+        shard = qe.EdgeShard.create(str(new_dir), qe.EdgeConfig(
+            vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
+        for key in INDEXED_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
+        n, batch = 0, []
+        for pid, vec, (idx, val), payload in points:
+            batch.append(qe.Point(pid, {DENSE: vec, SPARSE: qe.SparseVector(idx, val)}, payload))
+            if len(batch) >= 256:
+                shard.update(qe.UpdateOperation.upsert_points(batch))
+                n, batch = n + len(batch), []
+        if batch:
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+            n += len(batch)
+        shard.flush()
+        shard.optimize()
+        shard.close()
+        if (self.dir / "shard").exists():
+            os.replace(self.dir / "shard", old_dir)
+        os.replace(new_dir, self.dir / "shard")
+        shutil.rmtree(old_dir, ignore_errors=True)
+        return n
+
+    def close(self) -> None:
+        """Flush and release the shard and the lock."""
+        try:
+            if self._shard is not None:
+                try:
+                    with self._guard():
+                        self._shard.flush()
+                finally:
+                    with contextlib.suppress(BaseException):
+                        self._shard.close()
+                    self._shard = None
+        finally:
+            self._unlock()
 
     def disk_bytes(self) -> int:
         """Bytes used on disk (allocated blocks; the write-ahead log is preallocated sparsely)."""
@@ -281,18 +487,64 @@ class ClientBackend:
 
             if not url:
                 raise ValueError("ClientBackend needs url= or client=")
-            client = QdrantClient(url=url, api_key=api_key, timeout=max(1, int(round(timeout))), check_compatibility=False)
+            # first contact with the exact timeout (qdrant-client rounds it up to whole seconds)
+            self._ensure_reachable(lambda: self._probe(url, api_key, timeout))
+            client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
         self.client = client
-        self._ensure_reachable()
+        self._ensure_reachable(self.client.get_collections)
+
+    @staticmethod
+    def _probe(url: str, api_key: str | None, timeout: float) -> None:
+        import httpx
+
+        response = httpx.get(url.rstrip("/") + "/collections", headers={"api-key": api_key} if api_key else {},
+                             timeout=timeout)
+        if response.status_code >= 400:
+            exc = RuntimeError(response.text[:200])
+            exc.status_code, exc.reason_phrase = response.status_code, response.reason_phrase  # type: ignore[attr-defined]
+            raise exc
 
     def describe(self) -> str:
         """Where the points live, for messages."""
         return f"{self.url or 'qdrant-client'} (collection {self.collection!r})"
 
-    def _ensure_reachable(self) -> None:
+    def lock(self) -> None:
+        """Nothing to do: the server serialises writes."""
+
+    def repair_hint(self) -> str:
+        """What to run to repair a damaged collection."""
+        return "rebuild it from your files with `lganna-rag index PATHS --recreate --url ...`"
+
+    def damaged(self, what: str) -> IndexStoreError:
+        """The error for a damaged collection."""
+        return StoreDamagedError(f"collection {self.collection!r} on {self.url} is damaged: {what}; {self.repair_hint()}")
+
+    def count_empty(self, field: str) -> int:
+        """Number of points whose payload lacks ``field``."""
+        from qdrant_client import models
+
+        flt = models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=field))])
+        return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def delete_empty(self, field: str) -> None:
+        """Delete the points whose payload lacks ``field``."""
+        from qdrant_client import models
+
+        flt = models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=field))])
+        self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    def _ensure_reachable(self, call: Any) -> None:
         try:
-            self.client.get_collections()
+            call()
         except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status is not None:  # it answered, but not as a Qdrant server would
+                reason = getattr(exc, "reason_phrase", "") or ""
+                hint = ("is this a Qdrant server (the REST port, usually 6333)? check --url / QDRANT_URL"
+                        if status == 404 else "check --api-key / QDRANT_API_KEY" if status in (401, 403)
+                        else "check the server's log")
+                raise IndexStoreError(f"Qdrant at {self.url} answered HTTP {status} {reason}".rstrip()
+                                      + f"; {hint}") from None
             cause = exc
             while cause.__cause__ is not None or cause.__context__ is not None:
                 cause = cause.__cause__ or cause.__context__
@@ -330,7 +582,7 @@ class ClientBackend:
 
         with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
             warnings.simplefilter("ignore")
-            for key in sorted({"source", "root"} - present):
+            for key in sorted(set(INDEXED_FIELDS) - present):
                 self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
 
     def create(self, meta: dict[str, Any]) -> None:

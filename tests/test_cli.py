@@ -230,7 +230,6 @@ def test_display_names_use_the_shortest_distinguishing_tail():
     assert display_names(files) == ["x/docs/README.md", "y/docs/README.md", "guide.md", None, "x/docs/README.md"]
 
 
-
 # ---------------------------------------------------------------------------------------------- crash safety
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lganna_rag.cli", *args], stdout=subprocess.PIPE,
@@ -314,3 +313,157 @@ def test_ctrl_c_stops_after_the_current_batch_and_exits_130(mistral, mistral_dir
     assert not report.interrupted and report.chunks_reused + report.chunks_written + sum(
         index.count(where={"source": s}) for s in report.unchanged) == index.count()
     assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=16, overlap=2)
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+def test_file_names_with_brackets_are_printed_as_they_are(cli, tmp_path):
+    docs = write_topics(tmp_path / "docs")
+    (docs / "x[b]y.md").write_text("# Brackets\n\nA file whose name looks like markup.")
+    (docs / "[red]empty.md").write_text("")
+    (docs / "[bold]broken.pdf").write_text("not a pdf")
+    (docs / "x[").mkdir()
+    (docs / "x[" / "sub]y.md").write_text("")  # source "x[/sub]y.md": a closing tag rich would choke on
+    result = cli("index", str(docs))
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "4 files indexed" in result.output
+    assert "skipped (empty file): [red]empty.md, x[/sub]y.md" in result.output
+    assert "failed (not a PDF file (no %PDF header)): [bold]broken.pdf" in result.output
+    hits = json.loads(cli("search", "markup", "--mode", "sparse", "--json").stdout)
+    assert hits[0]["source"] == "x[b]y.md"
+
+
+def test_unknown_filter_key_is_a_usage_error_listing_the_keys(cli, tmp_path):
+    cli("index", str(write_topics(tmp_path / "docs")))
+    result = cli("search", "lava", "--filter", "sorce=volcanoes.md")
+    assert result.exit_code == 2 and "unknown filter key 'sorce'" in result.output and "path, root, source" in result.output
+
+
+def test_store_lock_is_taken_before_anything_is_created(cli, tmp_path):
+    from lganna_rag.stores import EdgeBackend
+
+    docs = write_topics(tmp_path / "docs")
+    holder = EdgeBackend(tmp_path / "store", "default")
+    holder.lock()  # another process (or Index) is creating or using this collection
+    result = cli("index", str(docs))
+    assert result.exit_code == 1 and "in use by another process" in result.output
+    assert "delete" not in result.output.lower() and "Traceback" not in result.output
+    assert not (tmp_path / "store" / "default").exists()  # nothing was created
+    holder.close()
+    assert cli("index", str(docs)).exit_code == 0
+
+
+def test_two_indexers_creating_the_same_store_one_wins_the_other_is_told_it_is_busy(mistral, mistral_dir, tmp_path):
+    docs = write_corpus(tmp_path / "docs", n_files=48, words=160, seed=5)
+    store = tmp_path / "store"
+    args = ["index", str(docs), "--path", str(store), "--model", str(mistral_dir), "--chunk-size", "16", "--overlap",
+            "2", "--json"]
+    procs = [_start(args), _start(args)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    errors = "".join(err for _, err in outs)
+    assert codes == [0, 1], errors
+    loser_err = next(err for p, (_, err) in zip(procs, outs) if p.returncode == 1)
+    assert "in use by another process" in loser_err and "Traceback" not in errors
+    assert "delete" not in loser_err.lower() and "corrupt" not in errors
+    winner = json.loads(next(out for p, (out, _) in zip(procs, outs) if p.returncode == 0))
+    assert winner["files_indexed"] == 48 and winner["chunks_total"] == winner["chunks_written"]
+    with Index(store, encoder=mistral) as index:
+        again = index.add_files([docs])
+        assert len(again.unchanged) == 48 and again.chunks_written == 0
+        assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=16, overlap=2)
+
+
+def _store_file_kinds(store: Path) -> dict[str, Path]:
+    """One file per kind of file in an edge store (segment ids and payload-index names folded)."""
+    import re
+
+    kinds: dict[str, Path] = {}
+    for p in sorted(store.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            rel = p.relative_to(store).as_posix()
+            kind = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "SEGMENT", rel)
+            kind = re.sub(r"/[0-9a-z]{24}-(source|root|path)-", "/INDEX-", kind)
+            kinds.setdefault(kind, p.relative_to(store))
+    return kinds
+
+
+def test_fault_injection_every_store_file_deleted_or_truncated(mistral, mistral_dir, tmp_path, monkeypatch):
+    """Each kind of store file, deleted or truncated: a clear error naming the store and the repair, or an
+    automatic repair; never a silent wrong answer, never a traceback. ``check --repair`` then restores
+    the exact search results, or says to rebuild with --recreate."""
+    from lganna_rag.encoder import LGAnnaEncoder
+
+    loader = LGAnnaEncoder.from_pretrained.__func__
+    monkeypatch.setattr(LGAnnaEncoder, "from_pretrained", classmethod(  # the model once: ~600 CLI calls follow
+        lambda cls, name=None, **kw: mistral if str(name) == str(mistral_dir) else loader(cls, name, **kw)))
+    docs = write_corpus(tmp_path / "docs", n_files=12, words=120, seed=7)
+    base = tmp_path / "base"
+    runner = CliRunner()
+    model = ["--model", str(mistral_dir)]
+
+    def run(store: Path, *args: str):
+        result = runner.invoke(main, [*args, "--path", str(store)], catch_exceptions=True)
+        crash = result.exception is not None and not isinstance(result.exception, SystemExit)
+        assert not crash and "Traceback" not in result.output, (args, result.output, result.exception)
+        return result
+
+    assert run(base, "index", str(docs), "--chunk-size", "32", "--overlap", "4", *model, "--quiet").exit_code == 0
+    (docs / "doc003.md").write_text("# Changed\n\nNow about kelp forests and sea otters.")
+    (docs / "doc005.md").unlink()
+    assert run(base, "index", str(docs), *model, "--quiet").exit_code == 0
+    queries = {"dense": "kelp forests and sea otters", "sparse": "kelp otters reton conmar prolis"}
+
+    def answers(store: Path) -> tuple[int, dict]:
+        results = {mode: run(store, "search", q, "--mode", mode, "-k", "5", "--json", *model)
+                   for mode, q in queries.items()}
+        info = run(store, "info", "--json")
+        if info.exit_code or any(r.exit_code for r in results.values()):
+            return -1, {m: r.output for m, r in results.items()}
+        return json.loads(info.stdout)["chunks"], {m: [h["id"] for h in json.loads(r.stdout)] for m, r in results.items()}
+
+    expected = answers(base)
+    assert expected[0] > 12 and all(len(ids) == 5 for ids in expected[1].values())
+
+    def clear(result) -> bool:
+        out = result.output
+        return result.exit_code == 1 and str(tmp_path) in out and (
+            ("damaged" in out or "corrupted" in out) and ("--repair" in out or "--recreate" in out))
+
+    outcomes: dict[str, str] = {}
+    for kind, rel in _store_file_kinds(base).items():
+        for how in ("delete", "truncate"):
+            work = tmp_path / f"work-{len(outcomes)}"
+            subprocess.run(["cp", "-r", "--sparse=always", str(base), str(work)], check=True)
+            if how == "delete":
+                (work / rel).unlink()
+            else:
+                os.truncate(work / rel, 0)
+            # reading: the right answer, or a clear error
+            for mode, q in queries.items():
+                r = run(work, "search", q, "--mode", mode, "-k", "5", "--json", *model)
+                assert (r.exit_code == 0 and [h["id"] for h in json.loads(r.stdout)] == expected[1][mode]) or clear(r), \
+                    (kind, how, mode, r.output)
+            info = run(work, "info", "--json")
+            assert (info.exit_code == 0 and json.loads(info.stdout)["chunks"] == expected[0]) or clear(info), \
+                (kind, how, info.output)
+            # an index run repairs what it can, or stops with a clear error; never "unchanged" on a damaged store
+            indexed = run(work, "index", str(docs), *model, "--quiet", "--json")
+            assert indexed.exit_code == 0 or clear(indexed), (kind, how, indexed.output)
+            if indexed.exit_code == 0 and answers(work) == expected:
+                outcomes[f"{how} {kind}"] = "fine or repaired by index"
+                continue
+            repaired = run(work, "check", "--repair", *model)
+            if repaired.exit_code == 0:  # readable chunks re-embedded; files whose chunks were lost: index again
+                fixed = run(work, "index", str(docs), *model, "--quiet", "--json")
+                assert fixed.exit_code == 0 and answers(work) == expected, (kind, how, repaired.output, fixed.output)
+                outcomes[f"{how} {kind}"] = (f"check --repair, then index wrote "
+                                             f"{json.loads(fixed.stdout)['chunks_written']} chunks")
+            else:
+                assert clear(repaired) and "--recreate" in repaired.output, (kind, how, repaired.output)
+                rebuilt = run(work, "index", str(docs), "--recreate", "--chunk-size", "32", "--overlap", "4", *model,
+                              "--quiet")
+                assert rebuilt.exit_code == 0 and answers(work) == expected, (kind, how, rebuilt.output)
+                outcomes[f"{how} {kind}"] = "rebuilt with --recreate"
+            shutil.rmtree(work)
+    assert len(outcomes) >= 40
+    print(json.dumps(outcomes, indent=1))

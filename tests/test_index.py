@@ -1,5 +1,7 @@
 """The Qdrant index: retrieval quality on the example folder, incremental indexing, bad input, stores."""
 
+import json
+import os
 import shutil
 import socket
 import tempfile
@@ -67,7 +69,7 @@ def test_filters_metadata_and_payload_indexes(example_index, minilm):
     info = example_index.info()
     assert info["model"] == model_metadata(minilm) and info["files"] == 7 and info["chunks"] == example_index.count()
     assert info["chunking"] == {"size": 252, "overlap": 32, "model_limit": 252} and info["bm25"]["k"] == 1.2
-    assert set(example_index.backend._open().info().payload_schema) == {"source", "root"}
+    assert set(example_index.backend._open().info().payload_schema) == {"source", "root", "path"}
     hit = example_index.search("bees swarm", k=1)[0]
     text = (Path(hit.payload["root"]) / hit.source).read_text()
     assert text[hit.start:hit.end] == hit.text  # character span into the original file
@@ -227,12 +229,17 @@ def test_corrupted_store_is_reported_and_recreate_fixes_it(mistral, tmp_path):
         Index(tmp_path / "store", encoder=mistral).count()
     with Index(tmp_path / "store", encoder=mistral, recreate=True) as index:
         assert index.add_files([docs]).indexed and index.count() > 0
-    n = index.count()
-    # a run killed between writing collection.json and creating the shard: the next run creates it
+        n = index.count()
+    # a shard that lost its points after a complete run is damaged, not empty
     shutil.rmtree(tmp_path / "store" / "default" / "shard")
+    with pytest.raises(IndexStoreError, match=r"damaged: it counts 0 chunks where \d+ were recorded .*check --repair"):
+        Index(tmp_path / "store", encoder=mistral).count()
+    # a run killed between writing collection.json (no count recorded yet) and creating the shard: the
+    # next run creates it
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "points": None}))
     with Index(tmp_path / "store", encoder=mistral) as index:
         assert len(index.add_files([docs]).indexed) == 3 and index.count() == n
-        assert set(index.backend._open().info().payload_schema) == {"source", "root"}
+        assert set(index.backend._open().info().payload_schema) == {"source", "root", "path"}
     meta.unlink()  # a shard without its description is not guessed at
     with pytest.raises(IndexStoreError, match="has a shard but no collection.json"):
         Index(tmp_path / "store", encoder=mistral)
@@ -328,3 +335,181 @@ def test_unreachable_qdrant_url_fails_fast_with_a_clear_error():
     finally:
         stop.set()
         server.close()
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+def _texts_of(index, source_suffix):
+    return sorted(p["text"] for _, p in index.backend.scroll(["text", "path", "root", "source"])
+                  if (p.get("path") or f"{p['root']}/{p['source']}").endswith(source_suffix))
+
+
+def test_a_file_has_one_identity_whatever_root_reached_it(mistral, tmp_path):
+    docs = write_corpus(tmp_path / "docs" / "g0", n_files=3, words=120).parent
+    write_corpus(docs / "g1", n_files=2, words=120, seed=1)
+    target = docs / "g0" / "doc001.md"
+    index = Index(tmp_path / "store", encoder=mistral)
+    index.add_files([docs], chunk_size=32, overlap=4)
+    n_before = index.count()
+    old_chunks = index.count(where={"path": str(target)})
+    assert old_chunks > 1 and index.count(where={"source": "g0/doc001.md"}) == old_chunks
+
+    target.write_text("# Replaced\n\nThe whole file now talks about lighthouse keepers only.")
+    single = index.add_files([target])  # the file on its own: its old chunks are replaced
+    assert single.indexed == ["g0/doc001.md"] and single.chunks_deleted == old_chunks
+    assert _texts_of(index, "g0/doc001.md") == ["# Replaced\n\nThe whole file now talks about lighthouse keepers only."]
+    assert index.count(where={"source": "g0/doc001.md"}) == 1  # keeps its place under docs/ (filters still work)
+    assert index.search("lighthouse keepers", k=3, mode="sparse")[0].source == "g0/doc001.md"
+    assert index.count() == n_before - old_chunks + 1
+
+    target.write_text("# Again\n\nNow about tidal bores in estuaries.")
+    sub = index.add_files([docs / "g0"])  # a subfolder: same identity, no duplicates
+    assert sub.indexed == ["g0/doc001.md"] and sub.chunks_deleted == 1 and len(sub.unchanged) == 2 and sub.pruned == []
+    assert _texts_of(index, "g0/doc001.md") == ["# Again\n\nNow about tidal bores in estuaries."]
+    glob = index.add_files([str(docs / "g*" / "*.md")])
+    assert glob.indexed == [] and glob.chunks_written == 0 and glob.chunks_deleted == 0
+    whole = index.add_files([docs])  # back to the folder: placement updated, nothing re-encoded or removed
+    assert whole.chunks_written == 0 and whole.chunks_deleted == 0 and whole.pruned == []
+    assert index.count(where={"source": "g0/doc001.md"}) == 1
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=32, overlap=4)
+
+
+def test_chunks_recorded_by_root_and_source_are_migrated(mistral, tmp_path):
+    """Stores written before files had one identity have no ``path``: their chunks are found and replaced."""
+    import qdrant_edge as qe
+
+    from files import snapshot
+
+    docs = write_corpus(tmp_path / "docs" / "g0", n_files=3, words=120).parent
+    index = Index(tmp_path / "store", encoder=mistral)
+    index.add_files([docs], chunk_size=32, overlap=4)
+    shard = index.backend._open()
+    for pid, (payload, _) in snapshot(index).items():  # rewrite as the old scheme recorded them
+        shard.update(qe.UpdateOperation.delete_payload([pid], ["path"]))
+    assert index.count(where={"path": str(docs / "g0" / "doc002.md")}) == 0
+    target = docs / "g0" / "doc002.md"
+    target.write_text("# New\n\nOnly about kelp forests now.")
+    report = index.add_files([target])
+    assert report.indexed == ["g0/doc002.md"] and report.chunks_deleted > 0
+    assert _texts_of(index, "g0/doc002.md") == ["# New\n\nOnly about kelp forests now."]
+    migrate = index.add_files([docs])  # the others get their path recorded, nothing re-encoded
+    assert migrate.chunks_written == 0 and migrate.chunks_deleted == 0
+    assert index.count(where={"path": [str(p) for p in (docs / "g0").iterdir()]}) == index.count()
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=32, overlap=4)
+
+
+def test_unreadable_subfolder_keeps_its_chunks(mistral):
+    import qdrant_edge  # noqa: F401  imported as ourselves
+
+    base = Path(tempfile.mkdtemp(prefix="lganna-subdir-"))
+    base.chmod(0o755)
+    docs = write_corpus(base / "docs" / "d6", n_files=4, words=80).parent
+    write_topics(docs)
+    store = base / "store"
+    store.mkdir(mode=0o777)
+    store.chmod(0o777)
+    try:
+        with as_other_user():
+            index = Index(store, encoder=mistral)
+            index.add_files([docs], chunk_size=32, overlap=4)
+            n = index.count()
+            d6 = index.count(where={"source": [f"d6/doc00{i}.md" for i in range(4)]})
+        assert d6 > 4
+        (docs / "d6").chmod(0o000)
+        with as_other_user():
+            report = index.add_files([docs])
+            assert [(s.source, s.reason) for s in report.failed] == [("d6/", "folder not readable: Permission denied")]
+            assert report.pruned == [] and report.chunks_deleted == 0 and index.count() == n
+            index.close()
+    finally:
+        (docs / "d6").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_files_left_out_by_a_filter_are_kept_not_pruned(mistral, tmp_path):
+    docs = write_topics(tmp_path / "docs")
+    index = Index(tmp_path / "store", encoder=mistral)
+    index.add_files([docs])
+    n = index.count()
+    only_txt = index.add_files([docs], include=["*.txt"])  # the .md files still exist: kept, and said so
+    assert only_txt.unchanged == ["chess.txt"] and only_txt.pruned == [] and index.count() == n
+    assert sorted(only_txt.kept) == ["espresso.md", "volcanoes.md"]
+    excluded = index.add_files([docs], exclude=["volcanoes.md"])
+    assert excluded.pruned == [] and excluded.kept == ["volcanoes.md"] and index.count() == n
+    (docs / "espresso.md").unlink()  # gone from disk: removed even by a filtered run, with the reason
+    gone = index.add_files([docs], include=["*.txt"])
+    assert gone.removed == [("espresso.md", "no longer exists")] and gone.kept == ["volcanoes.md"]
+    forced = index.add_files([docs], include=["*.txt"], prune=True)  # explicit --prune removes the rest
+    assert forced.pruned == ["volcanoes.md"] and "--prune" in forced.removed[0][1]
+    assert index.count() == index.count(where={"source": "chess.txt"}) > 0
+    (docs / "chess.txt").unlink()
+    assert index.add_files([docs], prune=False).pruned == [] and index.count() > 0
+
+
+def test_non_utf8_file_name_is_indexed_and_does_not_stop_the_run(mistral, tmp_path):
+    docs = write_topics(tmp_path / "docs")
+    bad = Path(os.fsdecode(bytes(docs) + b"/b\xff.md"))
+    bad.write_text("# Fjords\n\nGlaciers carved the Norwegian fjords.")
+    index = Index(tmp_path / "store", encoder=mistral)
+    report = index.add_files([docs])
+    assert sorted(report.indexed) == ["b\\xff.md", "chess.txt", "espresso.md", "volcanoes.md"] and not report.failed
+    assert index.search("Norwegian fjords glaciers", k=1, mode="sparse")[0].source == "b\\xff.md"
+    again = index.add_files([docs])
+    assert len(again.unchanged) == 4 and again.chunks_written == 0 and again.pruned == []
+    bad.unlink()
+    assert index.add_files([docs]).pruned == ["b\\xff.md"]
+
+
+def test_corruption_found_by_index_is_repaired_or_reported(mistral, tmp_path):
+    import qdrant_edge as qe
+
+    docs = write_corpus(tmp_path / "docs", n_files=5, words=120)
+    index = Index(tmp_path / "store", encoder=mistral)
+    index.add_files([docs], chunk_size=32, overlap=4)
+    n = index.count()
+    shard = index.backend._open()
+    victim = next(pid for pid, p in index.backend.scroll(["source"]) if p["source"] == "doc003.md")
+    shard.update(qe.UpdateOperation.clear_payload([victim]))  # a point that lost its payload (a ghost)
+    with pytest.raises(IndexStoreError, match=r"damaged: chunks without their payload .*check --repair"):
+        index.search("anything", k=n)  # never a hit without text
+    report = index.add_files([docs])
+    assert report.repairs == ["deleted 1 chunks whose payload was lost; their files are re-indexed"]
+    assert report.indexed == ["doc003.md"] and report.chunks_written == 1 and index.count() == n
+    assert index.check() == {"chunks": n, "files": 5, "problems": [], "incomplete_files": [], "repaired": False,
+                             "lost": 0}
+    assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=32, overlap=4)
+
+
+def test_unknown_filter_key_lists_the_payload_keys(example_index):
+    with pytest.raises(ValueError, match=r"unknown filter key 'sauce': no chunk has it; the chunks' payload keys are "
+                                         r"chunk, end, file_hash, n_chunks, path, root, source, start, text"):
+        example_index.search("water", where={"sauce": "tea.md"})
+    assert example_index.search("water", where={"source": "no-such-file.md"}) == []  # a known key: just no match
+
+
+def test_qdrant_url_answering_404_is_reported_as_such():
+    import http.server
+
+    class NotQdrant(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotQdrant)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(IndexStoreError, match=r"answered HTTP 404 Not Found; is this a Qdrant server"):
+            Index(url=f"http://127.0.0.1:{server.server_port}", timeout=2)
+    finally:
+        server.shutdown()
+    silent = socket.socket()  # accepts, never answers: a fraction of a second is honoured
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    started = time.perf_counter()
+    with pytest.raises(IndexStoreError, match=r"did not answer within 0.3 s"):
+        Index(url=f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.3)
+    assert time.perf_counter() - started < 0.9
+    silent.close()

@@ -207,3 +207,115 @@ def test_chunk_ids_are_deterministic_uuid5():
 
 def test_html_to_text_keeps_title_and_paragraphs():
     assert html_to_text("<title>T</title><div>a<br>b</div><noscript>x</noscript>") == "T\n\na\n\nb"
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+def test_globs_stay_inside_their_folder_and_check_file_types(tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("-----BEGIN PRIVATE KEY-----")
+    (secret / "notes.md").write_text("# Secret notes")
+    docs = write_topics(tmp_path / "docs")
+    (docs / "link").symlink_to("../secret")  # a symlinked folder leading out of docs/
+    (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (docs / "inner").mkdir()
+    (docs / "inner" / "deep.md").write_text("# Deep")
+    (docs / "inner-link").symlink_to("inner")  # inside: followed, but the file is listed once
+    found = discover([str(docs / "**" / "*")])
+    assert sorted(f.source for f in found.files) == ["chess.txt", "espresso.md", "inner/deep.md", "volcanoes.md"]
+    assert not any("secret" in str(f.path.resolve()) for f in found.files)
+    reasons = {s.source: s.reason for s in found.skipped}
+    assert reasons["link/id_rsa"].startswith(f"symlink points outside {docs.resolve()}")
+    assert reasons["link/notes.md"].startswith(f"symlink points outside {docs.resolve()}")
+    assert reasons["photo.jpg"].startswith("unsupported file type (.jpg)")
+    assert [f.source for f in discover([str(docs / "**" / "*.jpg")], include=["*.jpg"]).files] == ["photo.jpg"]
+
+
+def test_reads_are_bounded_on_the_bytes_read(tmp_path, monkeypatch):
+    import lganna_rag.ingest as ingest
+
+    # /proc files report size 0 to stat: the limit must apply to what is read
+    proc = Path("/proc/self/maps")
+    result = load_file(FileRef(proc, proc.parent, "maps"), max_file_mb=0.0001)
+    assert isinstance(result, Skip) and result.reason.startswith("larger than --max-file-mb 0.0001 (more than")
+    # the option can be disabled, the hard ceiling cannot
+    monkeypatch.setattr(ingest, "MAX_FILE_MB_CEILING", 0.001)
+    (tmp_path / "big.txt").write_text("word " * 500)
+    for disabled in (0, None, 1e9):
+        skipped = load_file(_ref(tmp_path / "big.txt"), max_file_mb=disabled)
+        assert isinstance(skipped, Skip) and skipped.reason.startswith("larger than the hard limit 0.001")
+    # a pipe swapped in after discovery fails instead of blocking the run
+    os.mkfifo(tmp_path / "pipe.md")
+    fifo = load_file(_ref(tmp_path / "pipe.md"))
+    assert isinstance(fifo, Skip) and fifo.failed and "not a regular file" in fifo.reason
+
+
+def _flate_pdf(payload: bytes) -> bytes:
+    """A one-page PDF whose content stream is ``payload`` compressed with FlateDecode."""
+    import zlib
+
+    stream = zlib.compress(payload, 9)
+    pdf = text_pdf("Small visible text")
+    head, _, _ = pdf.partition(b"4 0 obj\n")
+    body = b"4 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream\nendobj\n"
+    rest = b"5 0 obj\n<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>\nendobj\n"
+    out = head + body + rest
+    xref = len(out)
+    offsets = [out.index(b"%d 0 obj\n" % i) for i in range(1, 6)]
+    out += b"xref\n0 6\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return out
+
+
+def test_pdf_decompression_is_bounded_and_quiet(tmp_path, monkeypatch, capfd):
+    import lganna_rag.ingest as ingest
+
+    (tmp_path / "ok.pdf").write_bytes(_flate_pdf(b"BT /F1 12 Tf 72 712 Td (Compressed but fine) Tj ET"))
+    assert load_file(_ref(tmp_path / "ok.pdf")).text == "Compressed but fine"
+    monkeypatch.setattr(ingest, "MAX_PDF_STREAM_BYTES", 1 << 20)
+    bomb = b"BT /F1 12 Tf 72 712 Td (bomb) Tj ET\n" + b" " * (8 << 20)  # 8 MB of spaces, ~8 KB compressed
+    (tmp_path / "bomb.pdf").write_bytes(_flate_pdf(bomb))
+    assert (tmp_path / "bomb.pdf").stat().st_size < 64 * 1024
+    result = load_file(_ref(tmp_path / "bomb.pdf"))
+    assert isinstance(result, Skip) and result.failed and result.reason.startswith("could not read PDF")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage")
+    assert load_file(_ref(tmp_path / "broken.pdf")).failed
+    assert capfd.readouterr().err == ""  # pypdf's own warnings are not printed
+
+
+def test_non_utf8_file_names_are_listed_with_a_printable_name(tmp_path):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/d\xe9j\xe0"))
+    folder.mkdir()
+    bad = Path(os.fsdecode(bytes(folder) + b"/b\xff.md"))
+    bad.write_text("# Latin-1 named file about glaciers")
+    (folder / "ok.md").write_text("# fine")
+    found = discover([folder])
+    assert [f.source for f in found.files] == ["b\\xff.md", "ok.md"]
+    ref = found.files[0]
+    assert ref.identity == f"{tmp_path}/d\\xe9j\\xe0/b\\xff.md" and ref.identity.encode("utf-8")
+    loaded = load_file(ref)
+    assert isinstance(loaded, LoadedFile) and "glaciers" in loaded.text
+    assert chunk_id(ref.identity, 0, loaded.text) == chunk_id(ref.identity, 0, loaded.text)
+    # a glob and an explicit file argument give printable names too
+    assert [f.source for f in discover([str(folder / "*.md")]).files] == ["b\\xff.md", "ok.md"]
+    assert [f.source for f in discover([bad]).files] == ["b\\xff.md"]
+
+
+def test_symlink_to_a_folder_walked_already_is_not_called_a_loop(tmp_path):
+    root = write_topics(tmp_path / "root")
+    (root / "b").mkdir()
+    (root / "b" / "x.md").write_text("x")
+    os.symlink(root / "b", root / "c")  # walked after b/
+    os.symlink(root, root / "b" / "up")  # a real loop
+    reasons = {s.source: s.reason for s in discover([root]).skipped}
+    assert reasons["c/"].startswith("symlink to a folder already indexed") and "loop" not in reasons["c/"]
+    assert reasons["b/up/"].startswith("symlink loop")
+
+
+def test_lone_surrogates_are_cleaned_in_files_and_a_clear_error_for_texts(tmp_path, mistral):
+    from lganna_rag.ingest import clean_text
+
+    assert clean_text("a\ud800b\udfffc") == ("a\ufffdb\ufffdc", "invalid Unicode (lone surrogate at character 1); "
+                                                                 "2 character(s) replaced with U+FFFD")
+    with pytest.raises(ValueError, match=r"texts\[1\] has a lone surrogate \(U\+D800\) at character 3"):
+        mistral.encode_documents(["fine", "bad\ud800"])
