@@ -154,7 +154,10 @@ class SparseEncoder:
     """BM25-style sparse vectors with Qdrant's tokenizer (English stemming and stopwords).
 
     Documents get saturated, length-normalised term frequencies (``k``, ``b``, ``avg_len``); queries get
-    weight 1 per term; the collection's IDF modifier supplies the inverse document frequency.
+    weight 1 per term; the collection's IDF modifier supplies the inverse document frequency. A
+    collection's ``avg_len`` is estimated once, from the first batch written, and kept: recomputing it
+    would change every stored vector, so a collection grown incrementally may score BM25 slightly
+    differently from a fresh build (``recreate=True`` re-estimates it).
     """
 
     def __init__(self, avg_len: float = 256.0, k: float = 1.2, b: float = 0.75, language: str = "english") -> None:

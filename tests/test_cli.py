@@ -34,7 +34,7 @@ def cli(mistral_dir, tmp_path):
     return invoke
 
 
-@pytest.mark.parametrize("command", [[], ["index"], ["search"], ["info"], ["embed"], ["delete"]])
+@pytest.mark.parametrize("command", [[], ["index"], ["search"], ["info"], ["embed"], ["delete"], ["check"]])
 def test_help_has_examples_and_is_light(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Examples:" in result.output or "Quick start:" in result.output
