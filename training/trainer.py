@@ -1,8 +1,8 @@
 """The LG-ANNA recipe on sentence-transformers' Trainer: config -> data -> teacher labels -> mining -> Trainer.
 
     lganna-rag train training/configs/lganna-minilm.yaml
-    torchrun --nproc_per_node N -m lganna_rag.training.trainer CONFIG        # DDP (gloo on CPU, nccl on GPU)
-    accelerate launch -m lganna_rag.training.trainer CONFIG
+    torchrun --nproc_per_node N -m lganna_rag.training.cli CONFIG        # DDP (gloo on CPU, nccl on GPU)
+    accelerate launch -m lganna_rag.training.cli CONFIG
 
 This module holds the recipe only: which texts, which prompts, which negatives, which soft labels.
 ``SentenceTransformerTrainer`` (Hugging Face Trainer + accelerate) owns devices, precision, DDP,
@@ -33,7 +33,7 @@ from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_cou
                    user_source)
 from .losses import LGAnnaLoss
 from .mining import mine_negatives
-from .model import LoraSettings, StudentConfig, base_directory, build_model, export, is_decoder_dir, settings_summary
+from .model import LoraSettings, base_directory, build_model, export, is_decoder_dir
 from .teachers import TeacherConfig, build_teacher_labels
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class TrainConfig:
     output_dir: str = "runs/lganna-minilm"
     seed: int = 0
     # model
-    base_model: str = "minilm"  # registered name, directory, hub id, "smollm2" or "student"
-    student: StudentConfig = field(default_factory=StudentConfig)
+    base_model: str = "minilm"  # registered name, directory, hub id or "smollm2"
     lora: LoraSettings | None = None
     pooling: str | None = None  # None: "last" for decoders (EOS appended), "mean" for encoders
     include_prompt: bool = False  # mean pooling: average the instruction tokens too (False: attend, don't average)
@@ -123,7 +122,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    nested = {"student": StudentConfig, "teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}
+    nested = {"teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}
     for key, cls in nested.items():
         if isinstance(raw.get(key), dict):
             raw[key] = _build(cls, raw[key])
@@ -176,7 +175,7 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     from lganna_rag.data import data_dir
 
     sources = resolve_sources(cfg)
-    root = root or data_dir()
+    root = root or data_dir(must_exist=False)
     if cfg.leakage_check and root.is_dir():
         logger.info("leakage check passed on %d training rows", check_leakage(sources, root))
     elif cfg.leakage_check:
@@ -305,7 +304,7 @@ def sts_dev_pairs(n: int, seed: int, root: Path | None = None) -> list[dict[str,
     """A seeded random sample of ``n`` STSBenchmark dev pairs (the file is ordered by genre); [] if absent."""
     from lganna_rag.data import data_dir, read_jsonl
 
-    path = (root or data_dir()) / "STSBenchmark" / "dev.jsonl"
+    path = (root or data_dir(must_exist=False)) / "STSBenchmark" / "dev.jsonl"
     if n <= 0 or not path.is_file():
         return []
     rows = list(read_jsonl(path))
@@ -384,7 +383,6 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     ``max_steps`` replaces the configured step count (the schedule's length); ``stop_after`` stops at that
     global step with a checkpoint and export, keeping the schedule (rerun to continue).
     """
-    import torch
     from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
@@ -392,7 +390,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
 
     started = time.time()
     cache = Path(cfg.cache_dir)
-    base_dir = base_directory(cfg.base_model, cache, cfg.student, cfg.seed)
+    base_dir = base_directory(cfg.base_model, cache)
     decoder = is_decoder_dir(base_dir)
     pooling = cfg.pooling or ("last" if decoder else "mean")
     if cfg.icl_max_examples and pooling == "mean" and not cfg.include_prompt:
@@ -445,7 +443,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     wall = _add_wall_time(out, time.time() - started)
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
-        "prompt_template": template, "lora": settings_summary(cfg.lora), "steps": trainer.state.global_step,
+        "prompt_template": template, "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
         "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(), "icl_max_examples": cfg.icl_max_examples,
@@ -455,7 +453,10 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     }
     export_dir = None
     if trainer.is_world_process_zero():
-        export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=cfg.base_model, pooling=pooling,
+        from lganna_rag.models import REGISTRY
+
+        base_ref = cfg.base_model if cfg.base_model in REGISTRY else base_dir  # smollm2: the converted folder
+        export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=base_ref, pooling=pooling,
                             include_prompt=cfg.include_prompt, append_eos=decoder, prompt_template=template,
                             max_length=cfg.serve_max_length or cfg.max_length, provenance=summary)
         logger.info("exported to %s", export_dir)
@@ -469,25 +470,3 @@ def _add_wall_time(out: Path, seconds: float) -> float:
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"seconds": total}) + "\n")
     return total
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lganna_rag.training.trainer CONFIG [--max-steps N]`` (the entry point for torchrun/accelerate)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--max-steps", type=int, help="replace the configured number of steps (the schedule)")
-    parser.add_argument("--stop-after", type=int, help="stop at this global step (checkpoint + export); rerun to resume")
-    parser.add_argument("--no-resume", action="store_true")
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    result = train(load_config(a.config, output_dir=a.output_dir), resume=not a.no_resume, max_steps=a.max_steps,
-                   stop_after=a.stop_after)
-    if result.export_dir is not None:
-        print(json.dumps({"export_dir": str(result.export_dir), **result.summary}, indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main()
