@@ -93,10 +93,19 @@ def run_int8_bench(model: str = "minilm", *, n: int = 500, rounds: int = 3, thre
         "quality": quality, "quality_by_type": type_means, "mean_delta": mean_delta,
         "targets": {"speedup": 1.8, "max_mean_loss_points": 0.5},
     }
+    result["recommended_cpu_default"] = recommend(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "int8.md").write_text(render_markdown(result))
     return result
+
+
+def recommend(r: dict[str, Any]) -> str:
+    """``int8`` only when it meets both targets (speed-up and mean quality loss) in this run, else ``fp32``."""
+    t = r["targets"]
+    fast = r["int8_over_fp32_texts_per_s"] >= t["speedup"]
+    close = r["mean_delta"] is not None and r["mean_delta"] >= -t["max_mean_loss_points"]
+    return "int8" if fast and close else "fp32"
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -116,7 +125,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     for name, q in r["quality"].items():
         sl = "all" if not q["limits"] else ", ".join(f"{k} {v}" for k, v in q["limits"].items())
         lines.append(f"| {name} | {q['type']} | {sl} | {q['metric']} | {q['fp32']:.2f} | {q['int8']:.2f} | {q['delta']:+.2f} |")
-    lines += ["", f"Mean delta over these tasks: **{r['mean_delta']:+.2f}** points (target: at most 0.5 points of loss).", ""]
+    lines += ["", f"Mean delta over these tasks: **{r['mean_delta']:+.2f}** points (target: at most 0.5 points of loss).", "",
+              f"CPU default by this measurement: **{recommend(r)}** (int8 must meet both targets; "
+              "`lganna_rag.encoder.CPU_DEFAULT_PRECISION`).", ""]
     return "\n".join(lines)
 
 
@@ -130,6 +141,13 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tasks", default=None, help="Comma-separated task folders (default: the INT8_TASKS slices).")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--render", action="store_true", help="Only rewrite int8.md (and the recommendation) from int8.json.")
     a = parser.parse_args()
+    if a.render:
+        saved = json.loads((a.out / "int8.json").read_text())
+        saved["recommended_cpu_default"] = recommend(saved)
+        (a.out / "int8.json").write_text(json.dumps(saved, indent=2) + "\n")
+        (a.out / "int8.md").write_text(render_markdown(saved))
+        raise SystemExit(0)
     picked = {t: INT8_TASKS.get(t) for t in a.tasks.split(",")} if a.tasks else None
     run_int8_bench(a.model, n=a.n, rounds=a.rounds, threads=a.threads, tasks=picked, out_dir=a.out)

@@ -133,3 +133,12 @@ def test_cli_precision_and_threads_options(monkeypatch):
         assert "--precision [fp32|int8]" in help_text and "--threads" in help_text
     bad = CliRunner().invoke(main, ["embed", "--precision", "int4"], input="x\n")
     assert bad.exit_code == 2 and "int4" in bad.output
+
+
+def test_int8_bench_recommends_int8_only_when_both_targets_are_met():
+    from lganna_rag.benchmarks.int8_bench import recommend
+
+    targets = {"speedup": 1.8, "max_mean_loss_points": 0.5}
+    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.3}) == "int8"
+    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.6}) == "fp32"
+    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.12, "mean_delta": 0.1}) == "fp32"
