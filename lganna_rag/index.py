@@ -33,7 +33,7 @@ import numpy as np
 
 from .ingest import (ID_NAMESPACE, Chunker, FileRef, LoadedFile, Skip, chunk_id, content_hash, discover, file_identity,
                      load_file, path_from_safe_name, safe_name)
-from .stores import DEFAULT_PATH, ClientBackend, EdgeBackend, IndexStoreError, StoreDamagedError, Where
+from .stores import DEFAULT_PATH, QUANTIZATIONS, ClientBackend, EdgeBackend, IndexStoreError, StoreDamagedError, Where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import LGAnnaEncoder
@@ -233,6 +233,7 @@ class Index:
         timeout: float = 10.0,
         batch_size: int = 32,
         recreate: bool = False,
+        quantization: str | None = None,
     ) -> None:
         """Open (lazily create) a collection; raises :class:`IndexStoreError` for an unusable store."""
         if url or client is not None:
@@ -250,6 +251,9 @@ class Index:
         self.load_seconds = 0.0
         self._sparse: SparseEncoder | None = None
         self._chunker: Chunker | None = None
+        if quantization is not None and quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS} or None, got {quantization!r}")
+        self._quantization = quantization  # applies when the collection is created
         if recreate:
             self.backend.drop()
         self._meta = self.backend.metadata()
@@ -339,6 +343,8 @@ class Index:
             "created_by": f"lganna-rag {__version__}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if self._quantization:
+            meta["quantization"] = self._quantization
         self.backend.create(meta)
         self._meta = meta
 

@@ -57,6 +57,28 @@ def _check_collection_name(name: str) -> str:
     return name
 
 
+#: ``quantization`` values a collection may record (stored dense vectors; ``None``: full float32).
+QUANTIZATIONS = ("int8",)
+
+
+def edge_dense_params(qe: Any, meta: dict[str, Any]) -> Any:
+    """qdrant-edge dense vector parameters; ``meta["quantization"] == "int8"`` adds scalar int8 quantization
+    (quantile 0.99, kept in RAM; Qdrant rescoring on the float32 originals is on by default)."""
+    config = None
+    if meta.get("quantization") == "int8":
+        config = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+    return qe.EdgeVectorParams(size=int(meta["model"]["dimension"]), distance=qe.Distance.Cosine,
+                               quantization_config=config)
+
+
+def client_quantization(models: Any, meta: dict[str, Any]) -> Any:
+    """The same scalar int8 quantization for a Qdrant server collection (``None`` without it)."""
+    if meta.get("quantization") != "int8":
+        return None
+    return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+        type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+
+
 class EdgeBackend:
     """Points in an in-process Qdrant shard (``qdrant-edge-py``) at ``<path>/<collection>/shard``,
     with the collection metadata in ``<path>/<collection>/collection.json``."""
@@ -235,7 +257,7 @@ class EdgeBackend:
                     raise IndexStoreError(f"collection {self.collection!r} does not exist in {self.root}")
                 if shard_dir.exists():
                     shutil.rmtree(shard_dir)
-                dense = qe.EdgeVectorParams(size=int(meta["model"]["dimension"]), distance=qe.Distance.Cosine)
+                dense = edge_dense_params(qe, meta)
                 shard = qe.EdgeShard.create(str(shard_dir), qe.EdgeConfig(
                     vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
             else:
@@ -425,7 +447,7 @@ class EdgeBackend:
         for d in (new_dir, old_dir):
             if d.exists():
                 shutil.rmtree(d)
-        dense = qe.EdgeVectorParams(size=int(meta["model"]["dimension"]), distance=qe.Distance.Cosine)
+        dense = edge_dense_params(qe, meta)
         shard = qe.EdgeShard.create(str(new_dir), qe.EdgeConfig(
             vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
         for key in INDEXED_FIELDS:
@@ -591,7 +613,8 @@ class ClientBackend:
 
         self.client.create_collection(
             self.collection,
-            vectors_config={DENSE: models.VectorParams(size=int(meta["model"]["dimension"]), distance=models.Distance.COSINE)},
+            vectors_config={DENSE: models.VectorParams(size=int(meta["model"]["dimension"]), distance=models.Distance.COSINE,
+                                                      quantization_config=client_quantization(models, meta))},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata={"lganna": meta},
         )

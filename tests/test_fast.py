@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_int8_bench_recommends_int8_only_when_both_targets_are_met():
     assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.3}) == "int8"
     assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.6}) == "fp32"
     assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.12, "mean_delta": 0.1}) == "fp32"
+
+
+def test_int8_quantized_store_is_opt_in_recorded_and_searchable(wordllama, tmp_path):
+    from click.testing import CliRunner
+
+    from lganna_rag import Index
+    from lganna_rag.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tea.md").write_text("Green tea should be brewed with water at about 80 degrees Celsius.\n")
+    (docs / "pods.md").write_text("Kubernetes restarts a pod when its liveness probe fails repeatedly.\n")
+    store = tmp_path / "store"
+    out = CliRunner().invoke(main, ["index", str(docs), "--path", str(store), "-c", "q8", "--model", "wordllama",
+                                    "--quantize", "int8", "--json"])
+    assert out.exit_code == 0, out.output
+    config = json.loads((store / "q8" / "shard" / "edge_config.json").read_text())
+    assert "scalar" in json.dumps(config).lower()  # the engine really keeps an int8 copy
+    with Index(store, collection="q8") as index:
+        assert index.metadata["quantization"] == "int8"
+        assert index.search("liveness probe keeps restarting my pod", k=1, mode="dense")[0].source == "pods.md"
+    with Index(tmp_path / "plain", collection="f32", encoder=wordllama) as plain:
+        plain.add_texts(["x"])
+        assert "quantization" not in plain.metadata
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        Index(tmp_path / "bad", collection="b", quantization="int4")
