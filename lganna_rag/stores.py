@@ -373,6 +373,12 @@ class EdgeBackend:
         with self._guard():
             return int(shard.count(qe.CountRequest(exact=True, filter=self._filter(where))))
 
+    def quick_count(self) -> int:
+        """Number of points from the shard's statistics (microseconds; an exact count takes ~1 ms per 10k)."""
+        shard = self._open()
+        with self._guard():
+            return int(shard.info().points_count)
+
     def count_empty(self, field: str) -> int:
         """Number of points whose payload lacks ``field`` (e.g. ``text``: points whose payload was lost)."""
         import qdrant_edge as qe

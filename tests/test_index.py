@@ -446,7 +446,7 @@ def test_files_left_out_by_a_filter_are_kept_not_pruned(mistral, tmp_path):
 
 
 def test_non_utf8_file_name_is_indexed_and_does_not_stop_the_run(mistral, tmp_path):
-    docs = write_topics(tmp_path / "docs")
+    docs = write_topics(Path(os.fsdecode(bytes(tmp_path) + b"/d\xe9j\xe0")))  # the folder's name is not UTF-8 either
     bad = Path(os.fsdecode(bytes(docs) + b"/b\xff.md"))
     bad.write_text("# Fjords\n\nGlaciers carved the Norwegian fjords.")
     index = Index(tmp_path / "store", encoder=mistral)
