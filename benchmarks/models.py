@@ -97,7 +97,8 @@ class WordLlamaStatic(LGAnnaMTEBModel):
 
 
 def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm") -> Any:
-    """An mteb model for ``name``: ``bm25``, ``wordllama``, ``hybrid`` (BM25 + ``dense``, RRF) or an encoder name/path."""
+    """An mteb model for ``name``: ``bm25``, ``wordllama``, ``hybrid`` (BM25 + ``dense``, RRF), ``plain:NAME``
+    (NAME with instructions off) or an encoder name/path."""
     if name == "bm25":
         import mteb
 
@@ -109,4 +110,6 @@ def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str 
 
         dense_name = name.split(":", 1)[1] if ":" in name else dense
         return HybridSearch([load_model("bm25"), load_model(dense_name, cache_dir=cache_dir)], fusion_strategy="rrf")
+    if name.startswith("plain:"):  # the same model with instructions off (queries embedded as plain text)
+        return CachedLGAnnaModel(name.split(":", 1)[1], cache_dir=cache_dir, use_instructions=False)
     return CachedLGAnnaModel(name, cache_dir=cache_dir)

@@ -71,7 +71,7 @@ def config(tmp_path: Path, **overrides) -> dict:
 
 
 def run_config(tmp_path: Path, cfg: dict):
-    from lganna_rag.training.cli import load_config, train
+    from lganna_rag.training.trainer import load_config, train
 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -82,7 +82,7 @@ def test_user_jsonl_trains_minilm_with_lora_and_reloads_with_equal_vectors(tmp_p
     """A user's JSONL, MiniLM + LoRA, instructions excluded from the mean: export loads in LGAnnaEncoder
     and SentenceTransformer with the vectors the trained model gives (queries with prompts too)."""
     from lganna_rag.integrations.sentence_transformers import load_sentence_transformer
-    from lganna_rag.training.cli import Style
+    from lganna_rag.training.trainer import Style
 
     cfg = config(tmp_path, base_model="minilm", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]})
     result = run_config(tmp_path, cfg)
@@ -137,7 +137,7 @@ def test_7b_config_loads_and_builds_lora_on_tiny_mistral(tmp_path, mistral_dir):
     """configs/mistral-7b-lora.yaml: the paper's LoRA settings, bf16, gradient checkpointing, GradCache."""
     from lganna_rag.training.cli import resolve_config
     from lganna_rag.training.model import build_model
-    from lganna_rag.training.cli import load_config
+    from lganna_rag.training.trainer import load_config
 
     cfg = load_config(resolve_config("mistral-7b-lora"))
     assert cfg.lora.r == 16 and cfg.lora.alpha == 32 and cfg.dtype == "bfloat16" and cfg.gradient_checkpointing
@@ -151,7 +151,7 @@ def test_7b_config_loads_and_builds_lora_on_tiny_mistral(tmp_path, mistral_dir):
 def test_device_is_chosen_not_hard_coded(monkeypatch):
     import torch
 
-    from lganna_rag.training.cli import pick_device
+    from lganna_rag.training.trainer import pick_device
 
     assert pick_device("cpu") == "cpu" and pick_device("cuda:1") == "cuda:1"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
