@@ -109,13 +109,26 @@ def _speed_options(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def run(*args: Any, precision: str | None = None, threads: int | None = None, **kwargs: Any) -> Any:
+        before = os.environ.get("LGANNA_PRECISION")
         if precision:
             os.environ["LGANNA_PRECISION"] = precision
+        torch_threads = None
         if threads:
             import torch
 
+            torch_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
-        return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        finally:  # a command run in-process (tests, scripts calling main) leaves no setting behind
+            if before is None:
+                os.environ.pop("LGANNA_PRECISION", None)
+            else:
+                os.environ["LGANNA_PRECISION"] = before
+            if torch_threads is not None:
+                import torch
+
+                torch.set_num_threads(torch_threads)
 
     run = click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")(run)
     return click.option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -114,15 +115,13 @@ def test_cli_precision_and_threads_options(monkeypatch):
 
     from lganna_rag.cli import main
 
-    monkeypatch.delenv("LGANNA_PRECISION", raising=False)  # the command sets it; restored after the test
+    monkeypatch.delenv("LGANNA_PRECISION", raising=False)
     threads = torch.get_num_threads()
     lines = "A man is playing a guitar.\nThe stock market fell sharply today.\n"
-    try:
-        runs = {p: CliRunner().invoke(main, ["embed", "--model", "minilm", "--precision", p, "--threads", "1"],
-                                      input=lines) for p in ("fp32", "int8")}
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+    runs = {p: CliRunner().invoke(main, ["embed", "--model", "minilm", "--precision", p, "--threads", "1"],
+                                  input=lines) for p in ("fp32", "int8")}
+    # a command run in-process leaves neither the precision nor the thread count behind
+    assert "LGANNA_PRECISION" not in os.environ and torch.get_num_threads() == threads
     vectors = {}
     for p, r in runs.items():
         assert r.exit_code == 0, r.output
