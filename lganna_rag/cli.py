@@ -763,6 +763,76 @@ def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------------------------- adapt
+@main.command("adapt")
+@_store_options
+@click.option("--minutes", type=click.FloatRange(0.5), default=10.0, show_default=True,
+              help="Wall-time budget of the whole run (training stops early to fit).")
+@click.option("--undo", is_flag=True, help="Return to the base model (exactly its query vectors) and delete the adapter.")
+@click.option("--kinds", default="ict,heading", show_default=True,
+              help="Pseudo-query kinds: ict (a sentence of a chunk), heading (a heading or title of a chunk).")
+@click.option("--teacher", "reranker", default="fusion", show_default=True, metavar="fusion|cross-encoder:DIR",
+              help="Teacher's stage 2: the BM25 + dense fusion, or a local sentence-transformers cross-encoder.")
+@click.option("--batch-size", type=click.IntRange(4), default=16, show_default=True, help="Training batch size.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-if-worse", is_flag=True, help="Keep the adapter even if it does not beat the base model on "
+                                                    "the held-out pseudo-queries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,
+              minutes: float, undo: bool, kinds: str, reranker: str, batch_size: int, seed: int, keep_if_worse: bool,
+              as_json: bool) -> None:
+    """Adapt the collection's model to its own documents, without queries or labels.
+
+    Pseudo-queries are made from the chunks (a sentence of a chunk, a heading), labelled by the
+    BM25 + dense teacher, and a LoRA adapter of the collection's model is trained on them (time-boxed).
+    It is kept only if it beats the base model on held-out pseudo-queries; searches then embed queries
+    with it (documents keep their vectors: nothing is re-embedded). Running adapt again replaces the
+    adapter; --undo returns to the base model. Needs the training extra: pip install 'lganna-rag[train]'.
+
+    \b
+    Examples:
+      lganna-rag adapt --collection docs --minutes 10
+      lganna-rag adapt --undo --collection docs
+    """
+    from rich.console import Console
+
+    from .adapt import AdaptProgress, iter_kinds
+
+    console = Console(stderr=True)
+    with _errors():
+        with _open_index(store_path, url, api_key, collection, timeout) as index:
+            if not index.exists:
+                raise click.UsageError(index.missing_message())
+            if undo:
+                removed = index.undo_adapt()
+                click.echo(f"collection {collection!r} uses the base model {index.metadata['model']['name']!r}"
+                           + (f" (adapter {removed} removed)" if removed else " (it had no adapter)"))
+                return
+            chosen = iter_kinds(kinds)
+
+            def show(p: AdaptProgress) -> None:
+                """One line per stage; a line every 10 training steps (with the time left)."""
+                if p.stage != "train":
+                    if p.message:
+                        console.print(f"[bold]{p.stage}[/bold]: {p.message}", highlight=False)
+                elif p.step == 1 or p.step % 10 == 0 or p.step == p.total:
+                    loss = f", loss {p.loss:.3f}" if p.loss is not None else ""
+                    console.print(f"train: step {p.step}/{p.total}{loss}, {p.seconds_left / 60:.1f} min left",
+                                  highlight=False)
+
+            report = index.adapt(minutes, kinds=chosen, reranker=reranker, batch_size=batch_size, seed=seed,
+                                 keep_if_worse=keep_if_worse, progress=show)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    verdict = (f"kept: searches of {collection!r} now embed queries with the adapter ({report.adapter})" if report.kept
+               else "not kept: the adapter did not beat the base model; the collection is unchanged")
+    click.echo(f"held-out pseudo-queries, dense MRR@10: base {report.dev_mrr_base:.2f} -> adapted "
+               f"{report.dev_mrr_adapted:.2f} ({report.dev_queries} queries; {report.train_queries} for training, "
+               f"{report.steps} steps, {report.seconds / 60:.1f} min)")
+    click.echo(verdict + (f"; replaced {report.replaced}" if report.kept and report.replaced else ""))
+
+
 # ---------------------------------------------------------------------------------------------- delete
 @main.command("delete")
 @click.argument("paths", nargs=-1)

@@ -36,6 +36,7 @@ from .ingest import (ID_NAMESPACE, Chunker, FileRef, LoadedFile, Skip, chunk_id,
 from .stores import DEFAULT_PATH, QUANTIZATIONS, ClientBackend, EdgeBackend, IndexStoreError, StoreDamagedError, Where
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adapt import AdaptReport
     from .encoder import LGAnnaEncoder
     from .prompts import Task
 
@@ -247,6 +248,9 @@ class Index:
         self.batch_size = batch_size
         self._model = str(model) if model is not None else None
         self._encoder = encoder
+        self._given_encoder = encoder is not None
+        #: Queries' encoder when the collection has an adapter (``lganna-rag adapt``); documents keep ``encoder``.
+        self._query_encoder: "LGAnnaEncoder | None" = None
         #: Seconds this index spent loading its model (``add_files`` rates leave them out).
         self.load_seconds = 0.0
         self._sparse: SparseEncoder | None = None
@@ -287,6 +291,62 @@ class Index:
                 self._check_model(model_metadata(encoder))
             self._encoder = encoder
         return self._encoder
+
+    @property
+    def adapter(self) -> Path | None:
+        """The folder of the collection's adapter (``lganna-rag adapt``), ``None`` when it has none."""
+        record = (self._meta or {}).get("adapter")
+        if not record or not isinstance(self.backend, EdgeBackend):
+            return None
+        return self.backend.dir / "adapters" / record["dir"]
+
+    @property
+    def query_encoder(self) -> "LGAnnaEncoder":
+        """The encoder of search queries: with the collection's adapter merged in when it has one (unless an
+        ``encoder`` was given), else :attr:`encoder`. Document vectors always come from :attr:`encoder`."""
+        if self._query_encoder is not None:
+            return self._query_encoder
+        folder = self.adapter
+        if folder is None or self._given_encoder:
+            return self.encoder
+        from .adapt import load_query_encoder
+
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise self.backend.damaged(f"its adapter {folder} is missing; `lganna-rag adapt --undo` returns it to the "
+                                       f"base model")
+        t0 = time.perf_counter()
+        encoder = load_query_encoder(self._meta["model"]["name"], folder)
+        self.load_seconds += time.perf_counter() - t0
+        self._check_model_of(encoder)
+        self._query_encoder = encoder
+        return encoder
+
+    def _check_model_of(self, encoder: "LGAnnaEncoder") -> None:
+        """Raise :class:`ModelMismatchError` unless ``encoder`` makes vectors of this collection's kind."""
+        self._check_model(model_metadata(encoder))
+
+    def _set_adapter(self, record: dict[str, Any] | None, encoder: "LGAnnaEncoder | None") -> None:
+        """Make ``record`` (or no adapter) current with one atomic metadata write; ``encoder`` is its query encoder."""
+        meta = {k: v for k, v in self._require().items() if k != "adapter"}
+        if record is not None:
+            meta["adapter"] = record
+        self.backend.update_metadata(meta)
+        self._meta = meta
+        self._query_encoder = encoder
+
+    def adapt(self, minutes: float = 10.0, **options: Any) -> "AdaptReport":
+        """Adapt the collection's model to its own chunks without labels (pseudo-queries, the LG-ANNA teacher
+        and a LoRA adapter; see :mod:`lganna_rag.adapt`). Searches then embed queries with the adapter;
+        document vectors are unchanged. A second call replaces the adapter. Needs the ``train`` extra."""
+        from .adapt import adapt_index
+
+        return adapt_index(self, minutes, **options)
+
+    def undo_adapt(self) -> str | None:
+        """Return to the base model (exactly its query vectors); returns the removed adapter's name, if any."""
+        from .adapt import undo
+
+        return undo(self)
 
     def _check_model(self, mine: dict[str, Any]) -> None:
         theirs = self._meta["model"] if self._meta else None
@@ -725,7 +785,7 @@ class Index:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self._require()
-        vector = self.encoder.encode_queries([query], task=task, examples=examples)[0] if mode != "sparse" else None
+        vector = self.query_encoder.encode_queries([query], task=task, examples=examples)[0] if mode != "sparse" else None
         return self.search_by_vector(vector, k, where=where, text=query if mode != "dense" else None)
 
     def search_by_vector(self, vector: np.ndarray | Sequence[float] | None, k: int = 5, *,
@@ -920,6 +980,7 @@ class Index:
             "model": (self._meta or {}).get("model"),
             "bm25": (self._meta or {}).get("bm25"),
             "chunking": (self._meta or {}).get("chunking"),
+            "adapter": (self._meta or {}).get("adapter"),
             "chunks": self.count(),
             "files": len(files),
             "disk_bytes": self.backend.disk_bytes() if self._meta is not None else 0,
