@@ -27,7 +27,7 @@ from .models import (
     default_model_name,
     read_model_config,
 )
-from .prompts import Task, get_task, render_query
+from .prompts import Task, get_task, query_prefix, render_query
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,20 @@ CPU_DEFAULT_PRECISION = "fp32"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"]
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, method: str, prompt_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Pool token states ``(batch, seq, dim)`` into ``(batch, dim)``; works for left and right padding.
 
     ``last`` takes the last position whose mask is 1, ``cls`` the first, ``mean`` averages them.
+    ``prompt_lengths`` (mean only, right padding): the first ``prompt_lengths[i]`` positions of row ``i``
+    are left out of the mean (sentence-transformers' ``Pooling(include_prompt=False)``).
     """
     mask = attention_mask.to(hidden.device)
     if method == "mean":
+        if prompt_lengths is not None:
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            mask = mask * (positions.unsqueeze(0) >= prompt_lengths.to(mask.device).unsqueeze(1))
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
     seq_len = mask.shape[1]
@@ -193,7 +200,7 @@ class LGAnnaEncoder:
         name_or_path: str | os.PathLike | None = None,
         *,
         adapter: str | os.PathLike | None = None,
-        merge_adapter: bool = False,
+        merge_adapter: bool = True,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
@@ -204,8 +211,8 @@ class LGAnnaEncoder:
     ) -> "LGAnnaEncoder":
         """Load a model by registered name, local directory or hub id (``None``: the default model).
 
-        ``adapter`` is a PEFT LoRA directory applied on top (``merge_adapter=True`` merges it into
-        the weights). ``settings`` override ``lganna.json`` fields (e.g. ``pooling="mean"``).
+        ``adapter`` is a PEFT LoRA directory applied on top, merged into the weights at load (encode speed
+        equals the base model's; ``merge_adapter=False`` keeps it separate). ``settings`` override ``lganna.json`` fields (e.g. ``pooling="mean"``).
         Only safetensors weights are loaded; ``trust_remote_code`` is off unless you pass it.
         ``precision="int8"`` quantizes the linear layers (CPU; see :func:`quantize_int8`); ``None`` is
         ``LGANNA_PRECISION`` or :data:`CPU_DEFAULT_PRECISION` on CPU.
@@ -362,7 +369,7 @@ class LGAnnaEncoder:
             if "position_ids" in batch:
                 kwargs["position_ids"] = batch["position_ids"]
         hidden = self.model(**kwargs).last_hidden_state
-        vectors = pool(hidden, batch["attention_mask"], self.config.pooling).float()
+        vectors = pool(hidden, batch["attention_mask"], self.config.pooling, batch.get("prompt_length")).float()
         if self.config.normalize if normalize is None else normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
         return vectors
@@ -376,6 +383,7 @@ class LGAnnaEncoder:
         show_progress_bar: bool | None,
         normalize_embeddings: bool | None,
         max_length: int | None,
+        prompt_lengths: Sequence[int] | None = None,
     ) -> np.ndarray:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -388,7 +396,7 @@ class LGAnnaEncoder:
                 truncated, len(texts), max_length or self.config.max_length,
             )
         return self.encode_ids(ids, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                               normalize_embeddings=normalize_embeddings)
+                               normalize_embeddings=normalize_embeddings, prompt_lengths=prompt_lengths)
 
     def encode_ids(
         self,
@@ -397,8 +405,12 @@ class LGAnnaEncoder:
         batch_size: int = 32,
         show_progress_bar: bool | None = False,
         normalize_embeddings: bool | None = None,
+        prompt_lengths: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """Embed texts already tokenised by :meth:`tokenize`, in length-sorted batches; rows in input order."""
+        """Embed texts already tokenised by :meth:`tokenize`, in length-sorted batches; rows in input order.
+
+        ``prompt_lengths[i]`` leading tokens of text ``i`` are left out of a mean pool (see :func:`pool`).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not ids:
@@ -414,7 +426,10 @@ class LGAnnaEncoder:
             for start in tqdm(range(0, len(order), batch_size), total=n_batches, desc="Encoding",
                               disable=not show_progress_bar, unit="batch"):
                 index = order[start : start + batch_size]
-                vectors = self.embed(self.collate([ids[i] for i in index]), normalize=normalize_embeddings)
+                batch = self.collate([ids[i] for i in index])
+                if prompt_lengths is not None:
+                    batch["prompt_length"] = torch.as_tensor([prompt_lengths[i] for i in index], device=self.device)
+                vectors = self.embed(batch, normalize=normalize_embeddings)
                 out[index] = vectors.cpu().numpy()
         return out
 
@@ -493,9 +508,39 @@ class LGAnnaEncoder:
         prompt template (e.g. ``minilm``) embed queries as plain text.
         """
         single = isinstance(texts, str)
-        rendered = self.render_queries([texts] if single else texts, task, examples)
-        out = self.encode(rendered, **kwargs)
+        items = check_texts([texts] if single else texts)
+        rendered = self.render_queries(items, task, examples)
+        if not self.excludes_prompt or rendered == items:
+            out = self.encode(rendered, **kwargs)
+            return out[0] if single else out
+        lengths = [self.prompt_length(query_prefix(r, t)) for r, t in zip(rendered, items)]
+        normalize = kwargs.pop("normalize_embeddings", None)
+        out = self._encode_texts(rendered, batch_size=kwargs.pop("batch_size", 32),
+                                 show_progress_bar=kwargs.pop("show_progress_bar", None),
+                                 normalize_embeddings=normalize, max_length=kwargs.pop("max_length", None),
+                                 prompt_lengths=lengths)
+        if kwargs:
+            raise TypeError(f"encode_queries got unexpected keyword arguments {sorted(kwargs)}")
         return out[0] if single else out
+
+    @property
+    def excludes_prompt(self) -> bool:
+        """True when instruction and example tokens are attended to but left out of the pooled mean."""
+        return self.config.pooling == "mean" and not self.config.include_prompt
+
+    def prompt_length(self, prefix: str | None) -> int:
+        """Positions masked out of the mean for a query whose rendered prompt is ``prefix``.
+
+        The rule of sentence-transformers (``Transformer._get_prompt_length``): the prefix tokenised
+        with special tokens, less a trailing special token, so ``SentenceTransformer(path).encode(q,
+        prompt=prefix)`` gives the same vector.
+        """
+        if not prefix:
+            return 0
+        ids = self.tokenizer(prefix, add_special_tokens=True)["input_ids"]
+        if ids and ids[-1] in set(self.tokenizer.all_special_ids):
+            return len(ids) - 1
+        return len(ids)
 
     def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed documents as plain text (no instruction)."""

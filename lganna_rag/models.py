@@ -38,6 +38,9 @@ class ModelConfig:
     #: model that was not trained with instructions (queries are then embedded as plain text).
     prompt_template: str | None = "e5"
     prompt_version: int = PROMPT_VERSION
+    #: Mean pooling only: ``False`` leaves the instruction/example tokens out of the pooled mean (they are
+    #: still attended to), as sentence-transformers' ``Pooling(include_prompt=False)``.
+    include_prompt: bool = True
     #: Task used by ``encode_queries`` when the caller gives none.
     default_task: str = "retrieval"
     #: Base model of a PEFT adapter directory (hub id, path or registered name).
@@ -94,6 +97,9 @@ def read_model_config(directory: str | Path, *, is_decoder: bool) -> ModelConfig
     pooling_cfg = d / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         pc = _read_json(pooling_cfg)
+        mode = pc.get("pooling_mode")  # sentence-transformers >= 5 writes one key; older files one bool per mode
+        if isinstance(mode, str):
+            pc[f"pooling_mode_{ {'mean': 'mean_tokens', 'cls': 'cls_token'}.get(mode, mode)}"] = True
         if pc.get("pooling_mode_lasttoken"):
             settings["pooling"] = "last"
         elif pc.get("pooling_mode_cls_token"):
@@ -102,6 +108,8 @@ def read_model_config(directory: str | Path, *, is_decoder: bool) -> ModelConfig
             settings["pooling"] = "mean"
         else:
             raise ValueError(f"{pooling_cfg}: unsupported pooling mode (supported: mean, cls, lasttoken)")
+        if pc.get("include_prompt") is False:
+            settings["include_prompt"] = False
     if (d / "modules.json").is_file():
         modules = _read_json(d / "modules.json")
         settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
@@ -182,8 +190,6 @@ def _wordllama_path() -> str:
     from .static import wordllama_dir  # imports torch: only when the model is loaded
 
     return wordllama_dir()
-
-
 
 
 def default_model_name() -> str:

@@ -283,3 +283,15 @@ def test_loading_prints_no_transformers_weight_bar(mistral_dir, capfd):
     LGAnnaEncoder.from_pretrained(mistral_dir)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the user's own setting is restored
+
+
+def test_mean_pool_leaves_prompt_positions_out():
+    import torch
+
+    from lganna_rag.encoder import pool
+
+    hidden = torch.tensor([[[1.0], [3.0], [5.0], [7.0]], [[2.0], [4.0], [6.0], [0.0]]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    assert pool(hidden, mask, "mean").squeeze(-1).tolist() == [4.0, 4.0]
+    # row 0 drops 2 prompt positions (mean of 5, 7); row 1 drops 1 (mean of 4, 6; padding stays out)
+    assert pool(hidden, mask, "mean", torch.tensor([2, 1])).squeeze(-1).tolist() == [6.0, 5.0]
