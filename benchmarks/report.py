@@ -23,9 +23,15 @@ def load_quality_results(out_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any
         if path.name.endswith(".quick.json"):
             continue
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "tasks" in data and not data.get("quick"):
+        if isinstance(data, dict) and "tasks" in data and not data.get("quick") and _is_quality(data):
             results[path.stem] = data
     return dict(sorted(results.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] in _ORDER else 99, kv[0])))
+
+
+def _is_quality(data: dict[str, Any]) -> bool:
+    """A ``bench quality`` result (other benchmarks, e.g. ``adapt.json``, also have a ``tasks`` key)."""
+    tasks = data["tasks"]
+    return isinstance(tasks, dict) and all(isinstance(v, dict) and "type" in v and "main_score" in v for v in tasks.values())
 
 
 def type_averages(result: dict[str, Any]) -> dict[str, float]:
