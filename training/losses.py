@@ -116,8 +116,8 @@ class LGAnnaLoss(CachedLossMixin, nn.Module):
                 raise ValueError(f"teacher labels have {labels.shape[1]} scores per query but the batch has {group} documents")
             teacher = teacher_distribution(labels.to(queries.device, queries.dtype), self.soft_label_temperature)
             loss = loss + self.kl_weight * soft_label_kl(group_scores(queries, docs, group), teacher, self.temperature)
-        if with_backward:
-            loss.backward()
+        if with_backward:  # GradCache step 2 (the library's contract): gradients up to the cached embeddings only
+            torch.autograd.backward(loss)
             loss = loss.detach()
         return loss
 
