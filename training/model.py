@@ -91,11 +91,12 @@ def base_directory(base: str, cache: Path) -> str:
 
 
 def is_decoder_dir(path: str) -> bool:
-    """True for causal LMs (last-token pooling, EOS appended), False for BERT-like encoders."""
+    """True for causal LMs (last-token pooling, EOS appended), False for BERT-like encoders (the encoder's rule)."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    return AutoConfig.from_pretrained(path).model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from lganna_rag.encoder import _is_decoder
+
+    return _is_decoder(AutoConfig.from_pretrained(path))
 
 
 def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length: int, dtype: str = "float32",
@@ -145,18 +146,16 @@ def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str,
 
 
 def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bool, append_eos: bool,
-           prompt_template: str | None, max_length: int, provenance: dict[str, Any], merge: bool = False) -> Path:
+           prompt_template: str | None, max_length: int, provenance: dict[str, Any]) -> Path:
     """Write an lganna-rag model directory that ``LGAnnaEncoder`` and ``SentenceTransformer`` both load.
 
-    With a LoRA adapter (and ``merge=False``) only the adapter is written (safetensors) and ``lganna.json``
-    names ``base`` as its base model; ``merge=True`` writes full weights. The sentence-transformers files
+    With a LoRA adapter only the adapter is written (safetensors) and ``lganna.json`` names ``base`` as its
+    base model; without one, full weights. The sentence-transformers files
     carry the pooling (``include_prompt``) and a prompt per registered task.
     """
     out.mkdir(parents=True, exist_ok=True)
     transformer = model[0]
     has_adapter = bool(getattr(transformer.model, "peft_config", None))
-    if has_adapter and merge:
-        raise NotImplementedError("merge=True: merge the adapter with peft's merge_and_unload before export")
     model.save_pretrained(str(out), safe_serialization=True)
     if has_adapter:  # point the adapter at its base so SentenceTransformer(out) finds it
         cfg_path = out / "adapter_config.json"
