@@ -513,7 +513,13 @@ class LGAnnaEncoder:
         if not self.excludes_prompt or rendered == items:
             out = self.encode(rendered, **kwargs)
             return out[0] if single else out
-        lengths = [self.prompt_length(query_prefix(r, t)) for r, t in zip(rendered, items)]
+        known: dict[str | None, int] = {}  # one task's queries share a prefix: tokenise it once
+        lengths = []
+        for r, t in zip(rendered, items):
+            prefix = query_prefix(r, t)
+            if prefix not in known:
+                known[prefix] = self.prompt_length(prefix)
+            lengths.append(known[prefix])
         normalize = kwargs.pop("normalize_embeddings", None)
         out = self._encode_texts(rendered, batch_size=kwargs.pop("batch_size", 32),
                                  show_progress_bar=kwargs.pop("show_progress_bar", None),
