@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lganna_rag.models import REGISTRY, ModelConfig
-from lganna_rag.prompts import PROMPT_VERSION, get_task, query_prefix, render_query, task_names
+from lganna_rag.prompts import PROMPT_VERSION, Task, get_task, query_prefix, render_query, task_names
 
 @dataclass
 class LoraSettings:
@@ -129,6 +129,11 @@ def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length
     return model
 
 
+def task_prefix(task: Task, template: str) -> str | None:
+    """The instruction prefix of ``task``'s queries (no examples), as a sentence-transformers prompt."""
+    return query_prefix(render_query("q", Task(task.name, task.instruction), template), "q")
+
+
 def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str, str]:
     """sentence-transformers prompts (name -> prefix) for every registered task and the training tasks."""
     if template is None:
@@ -139,7 +144,7 @@ def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str,
             task = get_task(name)
         except KeyError:
             continue
-        prefix = query_prefix(render_query("q", task, template), "q")
+        prefix = task_prefix(task, template)
         if prefix is not None:
             out[task.name] = prefix
     return out

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from lganna_rag.prompts import Task, query_prefix, render_query
+from lganna_rag.prompts import Task, render_query
 
 from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
                    user_source)
 from .losses import LGAnnaLoss
 from .mining import mine_negatives
-from .model import LoraSettings, base_directory, build_model, export, is_decoder_dir
+from .model import LoraSettings, base_directory, build_model, export, is_decoder_dir, task_prefix
 from .teachers import TeacherConfig, build_teacher_labels
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class Style:
 
     def prefix(self, task: Task) -> str:
         """The sentence-transformers prompt for ``task`` (instruction only; examples are inline)."""
-        return query_prefix(render_query("q", Task(task.name, task.instruction), self.template or "e5"), "q") or ""
+        return task_prefix(task, self.template or "e5") or ""
 
 
 def resolve_sources(cfg: TrainConfig) -> list[Source]:
