@@ -7,6 +7,8 @@ inference. Classification files are turned into pairs of texts that share a labe
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 from collections import defaultdict
@@ -243,3 +245,11 @@ def icl_count(rng: random.Random, max_examples: int, p_zero: float = 0.5) -> int
     if max_examples <= 0 or rng.random() < p_zero:
         return 0
     return rng.randint(1, max_examples)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (temporary file + rename): a reader in another rank never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)

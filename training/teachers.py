@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .data import Example
+from .data import Example, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,10 @@ def build_teacher_labels(
     done = [r for r in records if r is not None]
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(cache_dir / f"{key}.npz", queries=q_vec, docs=d_vec)
-        (cache_dir / f"{key}.json").write_text(json.dumps({"reranker": reranker.name, "config": asdict(cfg),
-                                                           "records": [asdict(r) for r in done]}))
+        # Atomic writes: under torchrun every rank computes the labels and writes the same cache.
+        tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, queries=q_vec, docs=d_vec)
+        os.replace(tmp, cache_dir / f"{key}.npz")
+        write_json(cache_dir / f"{key}.json", {"reranker": reranker.name, "config": asdict(cfg),
+                                               "records": [asdict(r) for r in done]})
     return done, q_vec, d_vec, reranker.name

@@ -30,7 +30,7 @@ import numpy as np
 from lganna_rag.prompts import Task, render_query
 
 from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
-                   user_source)
+                   user_source, write_json)
 from .losses import LGAnnaLoss
 from .mining import mine_negatives
 from .model import LoraSettings, base_directory, build_model, export, is_decoder_dir, task_prefix
@@ -433,14 +433,14 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     start_scores = None if checkpoint else evaluator(model)
     if start_scores:
         logger.info("dev before training: %s", start_scores)
-        (out).mkdir(parents=True, exist_ok=True)
-        (out / "start_scores.json").write_text(json.dumps(start_scores) + "\n")
+        if trainer.is_world_process_zero():
+            write_json(out / "start_scores.json", start_scores)
     elif (out / "start_scores.json").is_file():
         start_scores = json.loads((out / "start_scores.json").read_text())
     trainer.train(resume_from_checkpoint=checkpoint)
     end_scores = evaluator(trainer.model)
     logger.info("dev after training (best checkpoint): %s", end_scores)
-    wall = _add_wall_time(out, time.time() - started)
+    wall = _add_wall_time(out, time.time() - started, write=trainer.is_world_process_zero())
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
         "prompt_template": template, "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
@@ -463,10 +463,11 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     return TrainResult(export_dir, summary, trainer.model)
 
 
-def _add_wall_time(out: Path, seconds: float) -> float:
-    """Total wall time of the run across resumes (kept in ``output_dir/wall_time.json``)."""
+def _add_wall_time(out: Path, seconds: float, write: bool) -> float:
+    """Total wall time of the run across resumes (kept in ``output_dir/wall_time.json``, written by rank 0 only)."""
     path = out / "wall_time.json"
     total = seconds + (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0)
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"seconds": total}) + "\n")
+    if write:
+        write_json(path, {"seconds": total})
     return total
+
