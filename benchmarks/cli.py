@@ -67,7 +67,7 @@ def quality_cmd(models: str, tasks: str | None, quick: bool, batch_size: int, ou
 
 
 @bench.command("speed")
-@click.option("--models", default="lganna-mini,minilm,wordllama", show_default=True, help="Encoders to time (MiniLM is always included as the baseline).")
+@click.option("--models", default="lganna-minilm,minilm,wordllama", show_default=True, help="Encoders to time (MiniLM is always included as the baseline).")
 @click.option("--n", "n", default=1000, show_default=True, help="Number of real texts to encode.")
 @click.option("--sizes", default="10000,100000", show_default=True, help="Vector-store sizes ('' = encoders only; earlier store rows are kept).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)

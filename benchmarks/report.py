@@ -13,7 +13,7 @@ from .quality import PUBLISHED_MINILM, RESULTS_DIR
 from .tasks import SHARED_TASKS
 
 #: Column order for models we know; others follow alphabetically.
-_ORDER = ["lganna-mini", "minilm", "wordllama", "bm25", "hybrid"]
+_ORDER = ["lganna-minilm", "lganna-mini", "minilm", "wordllama", "bm25", "hybrid"]
 
 
 def load_quality_results(out_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:

@@ -99,7 +99,7 @@ def _check_model_name(ctx: click.Context, param: click.Parameter, value: str | N
 
 _model_option = click.option(
     "--model", "-m", envvar="LGANNA_MODEL", show_envvar=True, callback=_check_model_name,
-    help="Model name (lganna-mini, minilm, ...), directory or hub id. Default: the collection's model, else the "
+    help="Model name (minilm, lganna-minilm, ...), directory or hub id. Default: the collection's model, else the "
          "default model.",
 )
 

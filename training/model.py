@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from lganna_rag.models import REGISTRY, ModelConfig
-from lganna_rag.prompts import PROMPT_VERSION, Task, get_task, query_prefix, render_query, task_names
+from lganna_rag.prompts import (PROMPT_VERSION, Task, get_task, query_prefix, render_query, task_names,
+                                uses_instruction)
 
 @dataclass
 class LoraSettings:
@@ -134,8 +135,9 @@ def task_prefix(task: Task, template: str) -> str | None:
     return query_prefix(render_query("q", Task(task.name, task.instruction), template), "q")
 
 
-def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str, str]:
-    """sentence-transformers prompts (name -> prefix) for every registered task and the training tasks."""
+def query_prompts(template: str | None, task_names_used: list[str], task_types: list[str] | None = None) -> dict[str, str]:
+    """sentence-transformers prompts (name -> prefix) for every registered task and the training tasks
+    (``""`` for tasks whose type gets no instruction: ``task_types``)."""
     if template is None:
         return {}
     out = {}
@@ -144,14 +146,15 @@ def query_prompts(template: str | None, task_names_used: list[str]) -> dict[str,
             task = get_task(name)
         except KeyError:
             continue
-        prefix = task_prefix(task, template)
+        prefix = task_prefix(task, template) if uses_instruction(task, task_types) else ""
         if prefix is not None:
             out[task.name] = prefix
     return out
 
 
 def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bool, append_eos: bool,
-           prompt_template: str | None, max_length: int, provenance: dict[str, Any]) -> Path:
+           prompt_template: str | None, max_length: int, provenance: dict[str, Any],
+           instruction_task_types: list[str] | None = None) -> Path:
     """Write an lganna-rag model directory that ``LGAnnaEncoder`` and ``SentenceTransformer`` both load.
 
     With a LoRA adapter only the adapter is written (safetensors) and ``lganna.json`` names ``base`` as its
@@ -169,11 +172,12 @@ def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bo
         cfg_path.write_text(json.dumps(adapter_cfg, indent=2) + "\n")
     st_cfg_path = out / "config_sentence_transformers.json"
     st_cfg = json.loads(st_cfg_path.read_text()) if st_cfg_path.is_file() else {}
-    prompts = query_prompts(prompt_template, provenance.get("tasks", []))
+    prompts = query_prompts(prompt_template, provenance.get("tasks", []), instruction_task_types)
     st_cfg["prompts"] = {"query": prompts.get("retrieval", ""), "document": "", **prompts} if prompts else {}
     st_cfg["default_prompt_name"] = None
     st_cfg_path.write_text(json.dumps(st_cfg, indent=2) + "\n")
     ModelConfig(pooling=pooling, normalize=True, append_eos=append_eos, max_length=max_length,
                 prompt_template=prompt_template, prompt_version=PROMPT_VERSION, include_prompt=include_prompt,
-                base_model=base if has_adapter else None, provenance=provenance).save(out)
+                instruction_task_types=instruction_task_types, base_model=base if has_adapter else None,
+                provenance=provenance).save(out)
     return out

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lganna_rag.prompts import Task, render_query
+from lganna_rag.prompts import Task, render_query, uses_instruction
 
 from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
                    user_source, write_json)
@@ -66,6 +66,7 @@ class TrainConfig:
     pooling: str | None = None  # None: "last" for decoders (EOS appended), "mean" for encoders
     include_prompt: bool = False  # mean pooling: average the instruction tokens too (False: attend, don't average)
     use_instructions: bool = True
+    instruction_task_types: list[str] | None = None  # None: every task; e.g. [retrieval, reranking]: others plain
     icl_max_examples: int = 0
     icl_p_zero: float = 0.5
     dtype: str = "float32"
@@ -153,10 +154,15 @@ class Style:
     template: str | None  # prompt template (None: no instructions)
     prompt_as_prefix: bool  # mean pooling without prompt tokens: ST prompts (prompt_length is tracked)
     eos_text: str  # appended to every text for last-token models whose tokenizer adds no EOS
+    task_types: list[str] | None = None  # task types that get instructions (None: all)
+
+    def prompted(self, task: Task | None) -> bool:
+        """Whether ``task``'s texts carry an instruction at all."""
+        return task is not None and self.template is not None and uses_instruction(task, self.task_types)
 
     def query(self, text: str, task: Task) -> str:
         """A query as the model reads it (inline prompt, or plain when the prompt is a ST prefix)."""
-        if self.template is None or self.prompt_as_prefix:
+        if not self.prompted(task) or self.prompt_as_prefix:
             return text + self.eos_text
         return render_query(text, task, self.template) + self.eos_text
 
@@ -227,7 +233,8 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     if style.template is not None and style.prompt_as_prefix:
         for name, task in tasks.items():
             sides = cols[:-1] if symmetric[name] else ["anchor"]
-            prompts[name] = {c: style.prefix(task) for c in sides}
+            if style.prompted(task):
+                prompts[name] = {c: style.prefix(task) for c in sides}
     stats = {"train_rows": len(train), "dev_rows": len(dev), "documents": len(docs),
              "mean_mined_negatives": round(float(np.mean(kept)), 3), "k": m.k,
              "rows_per_source": {k: len(v["anchor"]) for k, v in datasets.items()}}
@@ -236,7 +243,7 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
 
 def _doc(text: str, task: Task | None, style: Style) -> str:
     """A document: plain; symmetric tasks (both sides alike) get the instruction inline unless it is a ST prompt."""
-    if task is None or style.template is None or style.prompt_as_prefix:
+    if not style.prompted(task) or style.prompt_as_prefix:
         return text + style.eos_text
     return render_query(text, Task(task.name, task.instruction), style.template) + style.eos_text
 
@@ -263,7 +270,7 @@ class DevEvaluator(_evaluator_base()):  # type: ignore[misc]
     def encode(self, model: Any, texts: list[str], source: str | None, query: bool) -> np.ndarray:
         """Embed as at inference: queries with their task prompt, documents plain (symmetric: both prompted)."""
         task = self.prep.tasks.get(source or "")
-        prompted = task is not None and self.style.template is not None and (query or self.prep.symmetric.get(source or ""))
+        prompted = self.style.prompted(task) and (query or self.prep.symmetric.get(source or ""))
         if not prompted:
             return model.encode([t + self.style.eos_text for t in texts], convert_to_numpy=True, show_progress_bar=False)
         if self.style.prompt_as_prefix:
@@ -404,7 +411,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     if decoder and tok.eos_token and tok("a")["input_ids"][-1] != tok.eos_token_id:
         eos_text = tok.eos_token
     template = "e5" if cfg.use_instructions else None
-    style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text)
+    style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text, cfg.instruction_task_types)
     prep = prepare(cfg, style, root)
     evaluator = DevEvaluator(prep, style, sts_dev_pairs(cfg.dev_sts_pairs, cfg.seed, root))
     loss = LGAnnaLoss(model, temperature=cfg.temperature, contrastive_weight=cfg.contrastive_weight,
@@ -443,7 +450,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     wall = _add_wall_time(out, time.time() - started, write=trainer.is_world_process_zero())
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
-        "prompt_template": template, "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
+        "prompt_template": template, "instruction_task_types": cfg.instruction_task_types, "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
         "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(), "icl_max_examples": cfg.icl_max_examples,
@@ -458,6 +465,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
         base_ref = cfg.base_model if cfg.base_model in REGISTRY else base_dir  # smollm2: the converted folder
         export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=base_ref, pooling=pooling,
                             include_prompt=cfg.include_prompt, append_eos=decoder, prompt_template=template,
+                            instruction_task_types=cfg.instruction_task_types,
                             max_length=cfg.serve_max_length or cfg.max_length, provenance=summary)
         logger.info("exported to %s", export_dir)
     return TrainResult(export_dir, summary, trainer.model)
