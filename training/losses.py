@@ -1,13 +1,8 @@
 """The LG-ANNA loss: InfoNCE over positive + mined + in-batch negatives, plus KL(teacher || student).
 
-Why a loss of ours: sentence-transformers has both halves (``MultipleNegativesRankingLoss`` and
-``DistillKLDivLoss``), but each embeds the batch on its own; the paper trains on their weighted sum
-over one set of embeddings, so :class:`LGAnnaLoss` computes both terms from one forward pass. It
-reuses the library's GradCache (``CachedLossMixin``: large batches in little memory, set
-``mini_batch_size``) and its ``all_gather_with_grad`` for cross-device negatives under DDP.
-
-The pure functions below take L2-normalised embeddings (or raw scores where stated) and are unit
-tested on hand-computed numbers.
+Why ours: the library's ``MultipleNegativesRankingLoss`` and ``DistillKLDivLoss`` each embed the batch; the
+paper trains on their weighted sum over one set of embeddings. The library's GradCache (``CachedLossMixin``)
+and ``all_gather_with_grad`` (cross-device negatives) are reused. The pure functions are unit tested.
 """
 
 from __future__ import annotations
@@ -24,9 +19,8 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, tempera
              offset: int = 0) -> torch.Tensor:
     """Contrastive loss with in-batch negatives.
 
-    ``queries``: (B, D). ``docs``: (N, D) with query i's group at rows ``offset + i*group_size`` ..
-    ``offset + (i+1)*group_size - 1``: its positive first, then its mined negatives. Every other row of
-    ``docs`` (other queries' groups, other devices' documents) is a negative for query i too.
+    ``queries``: (B, D); ``docs``: (N, D), query i's group (positive first, then its negatives) at rows
+    ``offset + i*group_size`` onwards. Every other row of ``docs`` is a negative for query i too.
     """
     if docs.shape[0] < offset + queries.shape[0] * group_size:
         raise ValueError(f"expected at least {offset + queries.shape[0] * group_size} docs, got {docs.shape[0]}")
@@ -37,8 +31,7 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, tempera
 
 def group_scores(queries: torch.Tensor, docs: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B, group_size) similarities of each query with its own candidate group (positive first)."""
-    grouped = docs.view(queries.shape[0], group_size, -1)
-    return torch.einsum("bd,bgd->bg", queries, grouped)
+    return torch.einsum("bd,bgd->bg", queries, docs.view(queries.shape[0], group_size, -1))
 
 
 def teacher_distribution(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
@@ -55,22 +48,13 @@ def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, tem
 class LGAnnaLoss(CachedLossMixin, nn.Module):
     """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) over each query's candidates.
 
-    Inputs (sentence-transformers column order): anchor (the query, with its prompt), positive,
-    negative_1 .. negative_k. ``labels``: the teacher's raw scores of [positive, negatives] (B, 1 + k),
-    turned into soft labels by a softmax at ``soft_label_temperature``. Without 2-D labels only InfoNCE
-    is used (hard labels).
+    Columns: anchor (the prompted query), positive, negative_1..k. ``labels``: the teacher's raw scores of
+    [positive, negatives] (B, 1 + k), softmaxed at ``soft_label_temperature``; without 2-D labels, InfoNCE only.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        temperature: float = 0.05,
-        contrastive_weight: float = 1.0,
-        kl_weight: float = 1.0,
-        soft_label_temperature: float = 0.05,
-        mini_batch_size: int | None = None,
-        gather_across_devices: bool = False,
-    ) -> None:
+    def __init__(self, model: Any, temperature: float = 0.05, contrastive_weight: float = 1.0, kl_weight: float = 1.0,
+                 soft_label_temperature: float = 0.05, mini_batch_size: int | None = None,
+                 gather_across_devices: bool = False) -> None:
         """``mini_batch_size`` turns on GradCache; ``gather_across_devices`` adds other ranks' documents as negatives."""
         super().__init__()
         self.model = model
@@ -90,8 +74,7 @@ class LGAnnaLoss(CachedLossMixin, nn.Module):
         """The loss of one batch (GradCache when ``mini_batch_size`` is set)."""
         if self.mini_batch_size:
             return self.forward_cached(sentence_features, labels)
-        reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
-        return self.calculate_loss(reps, labels)
+        return self.calculate_loss([[self.model(f)["sentence_embedding"]] for f in sentence_features], labels)
 
     def calculate_loss(self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *,
                        with_backward: bool = False) -> torch.Tensor:
