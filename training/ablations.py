@@ -1,11 +1,7 @@
-"""Ablations of the LG-ANNA recipe on the sentence-transformers engine: one part changed at a time.
+"""Ablations of the LG-ANNA recipe, one part changed at a time, scored on the trainer's dev metrics (never test data).
 
-Training-time variants (each a full, shorter run of :func:`~lganna_rag.training.trainer.train` on the
-same data and step budget): soft vs hard labels, adaptive vs fixed vs no mining, instructions with
-vs without their tokens in the pooled mean, no instructions, and in-context examples (which need the
-prompt inside the pooled text). Query-time variants evaluate one trained model with and without
-instructions. Scores are the trainer's dev metrics (STSBenchmark dev Spearman, held-out retrieval
-MRR@10 of the training sources; never test data).
+Training-time variants are shorter runs on the same data and steps; query-time variants evaluate one trained
+model with and without instructions.
 
     python -m lganna_rag.training.ablations --config training/configs/lganna-minilm.yaml --steps 60
 """

@@ -1,11 +1,7 @@
-"""Ship a trained model inside the package (``lganna_rag/weights/NAME``) and record its benchmark scores.
+"""Ship a trained export inside the package (``lganna_rag/weights/NAME``) and record its ``bench quality`` scores.
 
     python -m lganna_rag.training.bundle runs/lganna-minilm/final --name lganna-minilm
     python -m lganna_rag.training.bundle --name lganna-minilm --scores benchmarks/results/lganna-minilm.json
-
-A LoRA export is copied as it is (adapter safetensors, tokenizer, sentence-transformers files,
-``lganna.json``): a few MB over the installed base. Scores are read from a ``bench quality`` result
-file, so every number in ``lganna.json`` is written by code.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from lganna_rag.benchmarks.report import type_averages
 from lganna_rag.models import ModelConfig, bundled_weights_dir
 
 #: Files of an export that are shipped (checkpoints, model cards and optimizer state are not).
@@ -52,12 +49,10 @@ def bundle(src: Path, name: str, dst: Path | None = None) -> Path:
 def record_scores(results: Path, name: str, dst: Path | None = None) -> dict[str, Any]:
     """Copy each task's main score and the means per task type of a ``bench quality`` JSON into ``lganna.json``."""
     dst = dst or bundled_weights_dir() / name
-    tasks = json.loads(results.read_text())["tasks"]
-    by_type: dict[str, list[float]] = {}
-    for t in tasks.values():
-        by_type.setdefault(t["type"], []).append(t["main_score"])
+    result = json.loads(results.read_text())
+    tasks = result["tasks"]
     summary = {"source": str(results), "mean": round(mean(t["main_score"] for t in tasks.values()), 2),
-               "by_type": {k: round(mean(v), 2) for k, v in sorted(by_type.items())},
+               "by_type": dict(sorted(type_averages(result).items())),
                "tasks": {n: t["main_score"] for n, t in tasks.items()}}
     config = ModelConfig.from_dict(json.loads((dst / "lganna.json").read_text()))
     config.provenance["benchmark"] = summary

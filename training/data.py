@@ -1,8 +1,6 @@
-"""Training examples from ``$LGANNA_DATA/train``, the test-leakage check, and in-context example sampling.
+"""Training examples (``$LGANNA_DATA/train`` or the user's JSONL), the test-leakage check, in-context examples.
 
-Each source file becomes :class:`Example` rows (query, positive, optional given negatives) under a
-:class:`~lganna_rag.prompts.Task` whose instruction is rendered with the same template as at
-inference. Classification files are turned into pairs of texts that share a label.
+Classification files become pairs of texts that share a label.
 """
 
 from __future__ import annotations
@@ -39,8 +37,7 @@ class Source:
     task: Task
     kind: str = "pairs"  # pairs | scored_pairs | labels
     symmetric: bool = False  # both sides are the same kind of text (paraphrase, STS, classification)
-    #: a user's own JSONL file (absolute or relative to the working directory); None: ``$LGANNA_DATA/train/<file>``
-    path: str | None = None
+    path: str | None = None  # the user's own JSONL file; None: ``$LGANNA_DATA/train/<file>``
 
     @property
     def name(self) -> str:
@@ -85,11 +82,8 @@ def source(name: str) -> Source:
 
 
 def user_source(spec: str | dict[str, str]) -> Source:
-    """A source from the user's own JSONL: ``{"path": ..., "task": ..., "instruction": ..., "symmetric": ...}`` or a path.
-
-    Rows hold ``query`` and ``positive`` (optional ``negatives``). The instruction is ``instruction`` if
-    given, else the registered ``task``'s (default ``retrieval``).
-    """
+    """A source from the user's own JSONL (rows: query, positive, optional negatives): a path or
+    ``{"path", "task", "instruction", "symmetric", "name"}``; the instruction defaults to ``task``'s (retrieval)."""
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     unknown = sorted(set(spec) - {"path", "task", "instruction", "symmetric", "name"})
     if unknown or "path" not in spec:
@@ -106,8 +100,7 @@ def user_source(spec: str | dict[str, str]) -> Source:
 
 def load_examples(src: Source, root: Path | None = None, seed: int = 0, min_score: float = 4.0) -> list[Example]:
     """Read one source file into examples (label files: each text paired with another text of its label)."""
-    path = src.location(root)
-    name = src.name
+    path, name = src.location(root), src.name
     if src.kind == "pairs":
         out = []
         for row in read_jsonl(path, required=("query", "positive")):
@@ -117,20 +110,15 @@ def load_examples(src: Source, root: Path | None = None, seed: int = 0, min_scor
             out.append(Example(name, row["query"], row["positive"], tuple(negs), row.get("label")))
         return out
     if src.kind == "scored_pairs":
-        return [
-            Example(name, row["sentence1"], row["sentence2"])
-            for row in read_jsonl(path, required=("sentence1", "sentence2", "score"))
-            if float(row["score"]) >= min_score
-        ]
+        rows = read_jsonl(path, required=("sentence1", "sentence2", "score"))
+        return [Example(name, r["sentence1"], r["sentence2"]) for r in rows if float(r["score"]) >= min_score]
     if src.kind == "labels":
         by_label: dict[str, list[str]] = defaultdict(list)
         for row in read_jsonl(path, required=("text", "label")):
             by_label[str(row["label"])].append(row["text"])
         rng = random.Random(seed)
         out = []
-        for label, texts in sorted(by_label.items()):
-            if len(texts) < 2:
-                continue
+        for label, texts in sorted(by_label.items()):  # a label with one text pairs it with itself: skipped
             partners = texts[1:] + texts[:1]
             rng.shuffle(partners)
             for text, partner in zip(texts, partners):
@@ -140,9 +128,6 @@ def load_examples(src: Source, root: Path | None = None, seed: int = 0, min_scor
     raise ValueError(f"unknown source kind {src.kind!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Test leakage
-# ---------------------------------------------------------------------------------------------
 class LeakageError(ValueError):
     """A training text equals a text of an evaluation test set."""
 
@@ -153,13 +138,8 @@ def normalise(text: str) -> str:
 
 
 def test_texts(root: Path | None = None) -> dict[str, str]:
-    """Every evaluation text (normalised) -> where it comes from.
-
-    Retrieval: the queries judged in ``qrels/test.tsv``. Every other task: every string in the
-    ``test.jsonl`` the benchmarks evaluate (sentences, queries, candidates, texts). Retrieval corpora are shared between
-    train and test qrels (as in BEIR) and are not test texts; they are never used as unlabeled
-    training text either.
-    """
+    """Every evaluation text (normalised) -> where it comes from: retrieval queries judged in ``qrels/test.tsv``
+    and every string of each ``test.jsonl`` (retrieval corpora are shared by train and test qrels, as in BEIR)."""
     root = root or data_dir()
     out: dict[str, str] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "train"):
@@ -181,16 +161,12 @@ _NOT_TEXT = frozenset({"label", "labels", "label_text", "label_fine", "id", "_id
 
 
 def _strings(value: object) -> Iterator[str]:
-    if isinstance(value, str):
-        if len(value.strip()) > 0:
-            yield value
+    if isinstance(value, str) and value.strip():
+        yield value
     elif isinstance(value, dict):
-        for k, v in value.items():
-            if k not in _NOT_TEXT:
-                yield from _strings(v)
+        yield from (s for k, v in value.items() if k not in _NOT_TEXT for s in _strings(v))
     elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
+        yield from (s for v in value for s in _strings(v))
 
 
 def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
@@ -203,18 +179,12 @@ def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
         for lineno, row in enumerate(read_jsonl(path), 1):
             checked += 1
             for text in _strings(row):
-                where = tests.get(normalise(text))
-                if where is not None:
-                    raise LeakageError(
-                        f"{path}:{lineno}: training text {text[:80]!r} equals an evaluation text ({where}); "
-                        f"remove the row before training"
-                    )
+                if (where := tests.get(normalise(text))) is not None:
+                    raise LeakageError(f"{path}:{lineno}: training text {text[:80]!r} equals an evaluation text "
+                                       f"({where}); remove the row before training")
     return checked
 
 
-# ---------------------------------------------------------------------------------------------
-# In-context examples
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class ExamplePool:
     """(query, positive) pairs per source, for sampling in-context examples from the same task."""
@@ -236,8 +206,7 @@ class ExamplePool:
         if k <= 0 or len(candidates) < 2:
             return []
         draw = rng.sample(range(len(candidates)), min(len(candidates), k + 1))
-        picked = [candidates[i] for i in draw if candidates[i][0] != example.query][:k]
-        return picked
+        return [candidates[i] for i in draw if candidates[i][0] != example.query][:k]
 
 
 def icl_count(rng: random.Random, max_examples: int, p_zero: float = 0.5) -> int:

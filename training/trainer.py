@@ -4,12 +4,9 @@
     torchrun --nproc_per_node N -m lganna_rag.training.cli CONFIG        # DDP (gloo on CPU, nccl on GPU)
     accelerate launch -m lganna_rag.training.cli CONFIG
 
-This module holds the recipe only: which texts, which prompts, which negatives, which soft labels.
-``SentenceTransformerTrainer`` (Hugging Face Trainer + accelerate) owns devices, precision, DDP,
-gradient checkpointing, the optimiser, checkpoints and exact resume. Queries get their task's
-instruction (and, for last-token models, sampled same-task in-context examples); mean-pooled models
-get the instruction as a sentence-transformers prompt with ``Pooling(include_prompt=False)``, so its
-tokens are attended to but left out of the pooled mean, at training and at inference alike.
+The Trainer owns devices, precision, DDP, the optimiser, checkpoints and resume; this module holds the recipe
+(texts, prompts, negatives, soft labels). Mean-pooled models get the instruction as a sentence-transformers
+prompt with ``Pooling(include_prompt=False)``: attended to, not averaged, at training and inference alike.
 """
 
 from __future__ import annotations
@@ -26,22 +23,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from scipy.stats import spearmanr
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
+from transformers import AutoConfig, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
+from lganna_rag.data import data_dir, read_jsonl
+from lganna_rag.encoder import _is_decoder
+from lganna_rag.models import REGISTRY
 from lganna_rag.prompts import Task, render_query, uses_instruction
 
 from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
                    user_source, write_json)
 from .losses import LGAnnaLoss
 from .mining import mine_negatives
-from .model import LoraSettings, base_directory, build_model, export, is_decoder_dir, task_prefix
+from .model import LoraSettings, base_directory, build_model, export, task_prefix
 from .teachers import TeacherConfig, build_teacher_labels
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class MiningConfig:
     """Hard-negative mining on the teacher's scores (see :mod:`lganna_rag.training.mining`)."""
@@ -107,9 +112,7 @@ class TrainConfig:
             raise ValueError(f"pooling must be last, mean, cls or null, got {self.pooling!r}")
 
 
-def _build(cls: type, data: dict[str, Any] | None) -> Any:
-    if data is None:
-        return None
+def _build(cls: type, data: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -123,16 +126,12 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    nested = {"teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}
-    for key, cls in nested.items():
+    for key, cls in {"teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}.items():
         if isinstance(raw.get(key), dict):
             raw[key] = _build(cls, raw[key])
     return _build(TrainConfig, raw)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: examples -> teacher labels -> mined negatives -> one dataset per source
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
     """Rows per source (anchor, positive, negative_1..k, label = teacher scores), prompts, dev data."""
@@ -142,7 +141,6 @@ class Prepared:
     tasks: dict[str, Task]
     symmetric: dict[str, bool]
     dev: list[Example]
-    pool: ExamplePool
     reranker: str
     stats: dict[str, Any]
 
@@ -160,8 +158,8 @@ class Style:
         """Whether ``task``'s texts carry an instruction at all."""
         return task is not None and self.template is not None and uses_instruction(task, self.task_types)
 
-    def query(self, text: str, task: Task) -> str:
-        """A query as the model reads it (inline prompt, or plain when the prompt is a ST prefix)."""
+    def query(self, text: str, task: Task | None) -> str:
+        """A text as the model reads it: plain (``task`` None, or the prompt is a ST prefix) or with its prompt."""
         if not self.prompted(task) or self.prompt_as_prefix:
             return text + self.eos_text
         return render_query(text, task, self.template) + self.eos_text
@@ -178,8 +176,6 @@ def resolve_sources(cfg: TrainConfig) -> list[Source]:
 
 def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepared:
     """Leakage check, examples, dev split, teacher labels (cached) and mined negatives with their scores."""
-    from lganna_rag.data import data_dir
-
     sources = resolve_sources(cfg)
     root = root or data_dir(must_exist=False)
     if cfg.leakage_check and root.is_dir():
@@ -200,7 +196,7 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     tasks = {src.name: src.task for src in sources}
     symmetric = {src.name: src.symmetric for src in sources}
     docs = list(dict.fromkeys(t for ex in train for t in (ex.positive, *ex.negatives)))
-    records, _, _, reranker = build_teacher_labels(train, docs, cfg.teacher, Path(cfg.cache_dir))
+    records, reranker = build_teacher_labels(train, docs, cfg.teacher, Path(cfg.cache_dir))
     doc_index = {d: i for i, d in enumerate(docs)}
     pool = ExamplePool.from_examples(train)
     m = cfg.mining
@@ -222,42 +218,22 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
                 chosen.append(j)
         task = tasks[ex.source]
         shots = pool.sample(ex, icl_count(rng, cfg.icl_max_examples, cfg.icl_p_zero), rng) if cfg.use_instructions else []
-        doc_task = task if symmetric[ex.source] else None
+        doc_task = task if symmetric[ex.source] else None  # symmetric tasks: documents get the instruction too
         row = [style.query(ex.query, task.with_examples(shots)),
-               *[_doc(docs[j], doc_task, style) for j in [rec.positive, *chosen]],
+               *[style.query(docs[j], doc_task) for j in [rec.positive, *chosen]],
                [rec.positive_score, *[score.get(c, floor) for c in chosen]]]
         table = datasets.setdefault(ex.source, {c: [] for c in cols})
         for c, v in zip(cols, row):
             table[c].append(v)
-    prompts: dict[str, dict[str, str]] = {}
-    if style.template is not None and style.prompt_as_prefix:
-        for name, task in tasks.items():
-            sides = cols[:-1] if symmetric[name] else ["anchor"]
-            if style.prompted(task):
-                prompts[name] = {c: style.prefix(task) for c in sides}
+    prompts = {name: {c: style.prefix(task) for c in (cols[:-1] if symmetric[name] else ["anchor"])}
+               for name, task in tasks.items() if style.prompt_as_prefix and style.prompted(task)}
     stats = {"train_rows": len(train), "dev_rows": len(dev), "documents": len(docs),
              "mean_mined_negatives": round(float(np.mean(kept)), 3), "k": m.k,
              "rows_per_source": {k: len(v["anchor"]) for k, v in datasets.items()}}
-    return Prepared(datasets, prompts, tasks, symmetric, dev, pool, reranker, stats)
+    return Prepared(datasets, prompts, tasks, symmetric, dev, reranker, stats)
 
 
-def _doc(text: str, task: Task | None, style: Style) -> str:
-    """A document: plain; symmetric tasks (both sides alike) get the instruction inline unless it is a ST prompt."""
-    if not style.prompted(task) or style.prompt_as_prefix:
-        return text + style.eos_text
-    return render_query(text, Task(task.name, task.instruction), style.template) + style.eos_text
-
-
-# ---------------------------------------------------------------------------------------------
-# Dev evaluation (never test sets): STSBenchmark dev Spearman and held-out retrieval MRR@10
-# ---------------------------------------------------------------------------------------------
-def _evaluator_base() -> type:
-    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
-
-    return SentenceEvaluator
-
-
-class DevEvaluator(_evaluator_base()):  # type: ignore[misc]
+class DevEvaluator(SentenceEvaluator):
     """A sentence-transformers evaluator: ``dev_score`` = mean of STSB dev Spearman and retrieval dev MRR@10."""
 
     def __init__(self, prep: Prepared, style: Style, sts_pairs: list[dict[str, Any]], name: str = "dev") -> None:
@@ -269,18 +245,13 @@ class DevEvaluator(_evaluator_base()):  # type: ignore[misc]
 
     def encode(self, model: Any, texts: list[str], source: str | None, query: bool) -> np.ndarray:
         """Embed as at inference: queries with their task prompt, documents plain (symmetric: both prompted)."""
-        task = self.prep.tasks.get(source or "")
-        prompted = self.style.prompted(task) and (query or self.prep.symmetric.get(source or ""))
-        if not prompted:
-            return model.encode([t + self.style.eos_text for t in texts], convert_to_numpy=True, show_progress_bar=False)
-        if self.style.prompt_as_prefix:
+        task = self.prep.tasks.get(source or "") if query or self.prep.symmetric.get(source or "") else None
+        if self.style.prompted(task) and self.style.prompt_as_prefix:
             return model.encode(texts, prompt=self.style.prefix(task), convert_to_numpy=True, show_progress_bar=False)
         return model.encode([self.style.query(t, task) for t in texts], convert_to_numpy=True, show_progress_bar=False)
 
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         """Metrics, keys prefixed with the evaluator's name (the Trainer adds ``eval_``)."""
-        from scipy.stats import spearmanr
-
         out: dict[str, float] = {}
         parts = []
         if self.sts:
@@ -309,8 +280,6 @@ class DevEvaluator(_evaluator_base()):  # type: ignore[misc]
 
 def sts_dev_pairs(n: int, seed: int, root: Path | None = None) -> list[dict[str, Any]]:
     """A seeded random sample of ``n`` STSBenchmark dev pairs (the file is ordered by genre); [] if absent."""
-    from lganna_rag.data import data_dir, read_jsonl
-
     path = (root or data_dir(must_exist=False)) / "STSBenchmark" / "dev.jsonl"
     if n <= 0 or not path.is_file():
         return []
@@ -318,9 +287,6 @@ def sts_dev_pairs(n: int, seed: int, root: Path | None = None) -> list[dict[str,
     return random.Random(seed).sample(rows, min(n, len(rows)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     """What a run produced: the export directory, a summary (also in lganna.json) and the trained model."""
@@ -330,57 +296,43 @@ class TrainResult:
     model: Any
 
 
-def _stop_callback(minutes: float | None, stop_after: int | None) -> Any:
-    from transformers import TrainerCallback
+class _Stop(TrainerCallback):
+    """Stops with an evaluation and a checkpoint (the schedule keeps its length) after ``minutes`` of this
+    invocation or at global step ``stop_after``, so a long run can be split and resumed."""
 
-    class Stop(TrainerCallback):
-        """Stops (with an evaluation and a checkpoint; the schedule keeps its length) after ``minutes`` of
-        this invocation or at global step ``stop_after``, so a long run can be split and resumed."""
+    def __init__(self, minutes: float | None, stop_after: int | None) -> None:
+        self.minutes, self.stop_after, self.start = minutes, stop_after, time.monotonic()
 
-        def __init__(self) -> None:
-            self.start = time.monotonic()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            late = minutes is not None and time.monotonic() - self.start > minutes * 60
-            if late or (stop_after is not None and state.global_step >= stop_after):
-                logger.warning("stopping at step %d (%s)", state.global_step, "time budget" if late else "--stop-after")
-                control.should_training_stop = control.should_save = control.should_evaluate = True
-            return control
-
-    return Stop()
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Ask the Trainer to stop when the time or the step is reached."""
+        late = self.minutes is not None and time.monotonic() - self.start > self.minutes * 60
+        if late or (self.stop_after is not None and state.global_step >= self.stop_after):
+            logger.warning("stopping at step %d (%s)", state.global_step, "time budget" if late else "--stop-after")
+            control.should_training_stop = control.should_save = control.should_evaluate = True
+        return control
 
 
-def _trainer_class() -> type:
-    from sentence_transformers import SentenceTransformerTrainer
+class _Trainer(SentenceTransformerTrainer):
+    """The library's Trainer; a LoRA model's checkpoints hold the adapter only, so resuming and loading the best
+    checkpoint put the adapter's weights into the PEFT model (the library's reload rebuilds a whole model)."""
 
-    class Trainer(SentenceTransformerTrainer):
-        """sentence-transformers' Trainer; checkpoints of a LoRA model hold the adapter only, so resuming and
-        loading the best checkpoint put the adapter's weights back into the PEFT model (the library's reload
-        rebuilds a whole model from the directory, whose keys do not match a PEFT-wrapped one)."""
+    def _load_from_checkpoint(self, checkpoint_path: str, model: Any = None) -> None:
+        peft_model = self.model[0].model
+        adapter = Path(checkpoint_path) / "adapter_model.safetensors"
+        if not getattr(peft_model, "peft_config", None) or not adapter.is_file():
+            return super()._load_from_checkpoint(checkpoint_path)
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
-        def _load_from_checkpoint(self, checkpoint_path: str, model: Any = None) -> None:
-            peft_model = self.model[0].model
-            adapter = Path(checkpoint_path) / "adapter_model.safetensors"
-            if not getattr(peft_model, "peft_config", None) or not adapter.is_file():
-                return super()._load_from_checkpoint(checkpoint_path)
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            result = set_peft_model_state_dict(peft_model, load_file(str(adapter)))
-            if result.unexpected_keys:
-                raise RuntimeError(f"{adapter}: unexpected adapter keys {result.unexpected_keys[:3]}")
-
-    return Trainer
+        result = set_peft_model_state_dict(peft_model, load_file(str(adapter)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"{adapter}: unexpected adapter keys {result.unexpected_keys[:3]}")
 
 
 def pick_device(configured: str | None) -> str:
-    """The configured device, else CUDA when present, else CPU (under torchrun/accelerate each rank's
-    CUDA device is set by the launcher; the process-group backend is the launcher's choice too)."""
-    import torch
-
-    if configured:
-        return configured
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The configured device, else CUDA when present, else CPU (under torchrun/accelerate the launcher sets each
+    rank's CUDA device and picks the process-group backend)."""
+    return configured or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, root: Path | None = None,
@@ -390,15 +342,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     ``max_steps`` replaces the configured step count (the schedule's length); ``stop_after`` stops at that
     global step with a checkpoint and export, keeping the schedule (rerun to continue).
     """
-    from datasets import Dataset, DatasetDict
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers, MultiDatasetBatchSamplers
-    from transformers.trainer_utils import get_last_checkpoint
-
     started = time.time()
-    cache = Path(cfg.cache_dir)
-    base_dir = base_directory(cfg.base_model, cache)
-    decoder = is_decoder_dir(base_dir)
+    base_dir = base_directory(cfg.base_model, Path(cfg.cache_dir))
+    decoder = _is_decoder(AutoConfig.from_pretrained(base_dir))  # causal LM: last-token pooling, EOS appended
     pooling = cfg.pooling or ("last" if decoder else "mean")
     if cfg.icl_max_examples and pooling == "mean" and not cfg.include_prompt:
         raise ValueError("in-context examples need pooling: last (or include_prompt: true): mean pooling without "
@@ -407,9 +353,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     model = build_model(base_dir, pooling=pooling, include_prompt=cfg.include_prompt, max_length=cfg.max_length,
                         dtype=cfg.dtype, lora=cfg.lora, device=device, seed=cfg.seed)
     tok = model[0].tokenizer
-    eos_text = ""
-    if decoder and tok.eos_token and tok("a")["input_ids"][-1] != tok.eos_token_id:
-        eos_text = tok.eos_token
+    eos_text = tok.eos_token if decoder and tok.eos_token and tok("a")["input_ids"][-1] != tok.eos_token_id else ""
     template = "e5" if cfg.use_instructions else None
     style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text, cfg.instruction_task_types)
     prep = prepare(cfg, style, root)
@@ -417,11 +361,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     loss = LGAnnaLoss(model, temperature=cfg.temperature, contrastive_weight=cfg.contrastive_weight,
                       kl_weight=cfg.kl_weight, soft_label_temperature=cfg.soft_label_temperature,
                       mini_batch_size=cfg.mini_batch_size, gather_across_devices=cfg.gather_across_devices)
-    train_data = DatasetDict({name: Dataset.from_dict(cols) for name, cols in prep.datasets.items()})
     out = Path(cfg.output_dir)
-    steps = max_steps or cfg.steps
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(out), max_steps=max_steps or cfg.steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
         eval_strategy="steps", eval_steps=cfg.eval_every, save_strategy="steps", save_steps=cfg.save_every,
@@ -432,36 +374,38 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
         dataloader_drop_last=True, disable_tqdm=not sys.stderr.isatty(),
     )
-    trainer = _trainer_class()(
-        model=model, args=args, train_dataset=train_data, loss=loss, evaluator=evaluator,
-        callbacks=[*(callbacks or []), _stop_callback(cfg.time_budget_minutes, stop_after)],
-    )
+    train_data = DatasetDict({name: Dataset.from_dict(cols) for name, cols in prep.datasets.items()})
+    trainer = _Trainer(model=model, args=args, train_dataset=train_data, loss=loss, evaluator=evaluator,
+                       callbacks=[*(callbacks or []), _Stop(cfg.time_budget_minutes, stop_after)])
+    rank0 = trainer.is_world_process_zero()
     checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
     start_scores = None if checkpoint else evaluator(model)
     if start_scores:
         logger.info("dev before training: %s", start_scores)
-        if trainer.is_world_process_zero():
+        if rank0:
             write_json(out / "start_scores.json", start_scores)
     elif (out / "start_scores.json").is_file():
         start_scores = json.loads((out / "start_scores.json").read_text())
     trainer.train(resume_from_checkpoint=checkpoint)
     end_scores = evaluator(trainer.model)
     logger.info("dev after training (best checkpoint): %s", end_scores)
-    wall = _add_wall_time(out, time.time() - started, write=trainer.is_world_process_zero())
+    wall_path = out / "wall_time.json"  # the run's total across resumes (rank 0 writes it)
+    wall = time.time() - started + (json.loads(wall_path.read_text())["seconds"] if wall_path.is_file() else 0.0)
+    if rank0:
+        write_json(wall_path, {"seconds": wall})
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
-        "prompt_template": template, "instruction_task_types": cfg.instruction_task_types, "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
+        "prompt_template": template, "instruction_task_types": cfg.instruction_task_types,
+        "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
-        "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(), "icl_max_examples": cfg.icl_max_examples,
-        "sources": [s.name for s in resolve_sources(cfg)], "tasks": sorted({t.name for t in prep.tasks.values()}),
-        "data": prep.stats, "dev_start": start_scores, "dev_end": end_scores, "wall_time_s": round(wall, 1),
-        "device": device, "world_size": trainer.args.world_size,
+        "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(),
+        "icl_max_examples": cfg.icl_max_examples, "sources": [s.name for s in resolve_sources(cfg)],
+        "tasks": sorted({t.name for t in prep.tasks.values()}), "data": prep.stats, "dev_start": start_scores,
+        "dev_end": end_scores, "wall_time_s": round(wall, 1), "device": device, "world_size": trainer.args.world_size,
     }
     export_dir = None
-    if trainer.is_world_process_zero():
-        from lganna_rag.models import REGISTRY
-
+    if rank0:
         base_ref = cfg.base_model if cfg.base_model in REGISTRY else base_dir  # smollm2: the converted folder
         export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=base_ref, pooling=pooling,
                             include_prompt=cfg.include_prompt, append_eos=decoder, prompt_template=template,
@@ -469,13 +413,3 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
                             max_length=cfg.serve_max_length or cfg.max_length, provenance=summary)
         logger.info("exported to %s", export_dir)
     return TrainResult(export_dir, summary, trainer.model)
-
-
-def _add_wall_time(out: Path, seconds: float, write: bool) -> float:
-    """Total wall time of the run across resumes (kept in ``output_dir/wall_time.json``, written by rank 0 only)."""
-    path = out / "wall_time.json"
-    total = seconds + (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0)
-    if write:
-        write_json(path, {"seconds": total})
-    return total
-
