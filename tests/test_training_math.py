@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lganna_rag.training.losses import LGAnnaLoss, group_scores, info_nce, soft_label_kl, teacher_distribution
-from lganna_rag.training.mining import keep_mask, mine_negatives
+from lganna_rag.training.teachers import keep_mask, mine_negatives
 
 
 def test_adaptive_margin_scales_with_the_positive():

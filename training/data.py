@@ -73,17 +73,14 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
-def source(name: str) -> Source:
-    """Look a source up by file name (with or without ``.jsonl``)."""
-    for s in SOURCES:
-        if s.file == name or s.file == f"{name}.jsonl":
-            return s
-    raise KeyError(f"unknown training source {name!r}; known: {', '.join(s.file for s in SOURCES)}")
-
-
-def user_source(spec: str | dict[str, str]) -> Source:
-    """A source from the user's own JSONL (rows: query, positive, optional negatives): a path or
-    ``{"path", "task", "instruction", "symmetric", "name"}``; the instruction defaults to ``task``'s (retrieval)."""
+def source(spec: str | dict[str, str]) -> Source:
+    """A shared source by file name (``.jsonl`` optional), or the user's JSONL (rows: query, positive, optional
+    negatives): a path or ``{"path", "task", "instruction", "symmetric", "name"}`` (instruction: ``task``'s)."""
+    if isinstance(spec, str) and "/" not in spec and not Path(spec).is_file():
+        for s in SOURCES:
+            if s.file == spec or s.file == f"{spec}.jsonl":
+                return s
+        raise KeyError(f"unknown training source {spec!r}; known: {', '.join(s.file for s in SOURCES)}")
     spec = {"path": spec} if isinstance(spec, str) else dict(spec)
     unknown = sorted(set(spec) - {"path", "task", "instruction", "symmetric", "name"})
     if unknown or "path" not in spec:
@@ -137,25 +134,6 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def test_texts(root: Path | None = None) -> dict[str, str]:
-    """Every evaluation text (normalised) -> where it comes from: retrieval queries judged in ``qrels/test.tsv``
-    and every string of each ``test.jsonl`` (retrieval corpora are shared by train and test qrels, as in BEIR)."""
-    root = root or data_dir()
-    out: dict[str, str] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "train"):
-        qrels = folder / "qrels" / "test.tsv"
-        if qrels.is_file():
-            ids = {line.split("\t")[0] for line in qrels.read_text(encoding="utf-8").splitlines()[1:] if line.strip()}
-            for row in read_jsonl(folder / "queries.jsonl"):
-                if str(row["_id"]) in ids:
-                    out.setdefault(normalise(row["text"]), f"{folder.name} test query {row['_id']}")
-        for test_file in sorted(folder.glob("test.jsonl")):
-            for lineno, row in enumerate(read_jsonl(test_file), 1):
-                for text in _strings(row):
-                    out.setdefault(normalise(text), f"{test_file.relative_to(root)}:{lineno}")
-    return out
-
-
 #: Row keys that hold labels or provenance, not text.
 _NOT_TEXT = frozenset({"label", "labels", "label_text", "label_fine", "id", "_id", "source", "split", "score", "qtype", "slurp_id"})
 
@@ -170,9 +148,22 @@ def _strings(value: object) -> Iterator[str]:
 
 
 def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
-    """Raise :class:`LeakageError` naming file and line if any training text equals a test text; else the number of rows checked."""
+    """Raise :class:`LeakageError` naming file and line if a training text equals an evaluation text (a retrieval
+    query judged in ``qrels/test.tsv``, any string of a ``test.jsonl``; corpora are shared, as in BEIR); else the
+    number of rows checked."""
     root = root or data_dir()
-    tests = test_texts(root)
+    tests: dict[str, str] = {}  # normalised evaluation text -> where it comes from
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "train"):
+        qrels = folder / "qrels" / "test.tsv"
+        if qrels.is_file():
+            ids = {line.split("\t")[0] for line in qrels.read_text(encoding="utf-8").splitlines()[1:] if line.strip()}
+            for row in read_jsonl(folder / "queries.jsonl"):
+                if str(row["_id"]) in ids:
+                    tests.setdefault(normalise(row["text"]), f"{folder.name} test query {row['_id']}")
+        for test_file in sorted(folder.glob("test.jsonl")):
+            for lineno, row in enumerate(read_jsonl(test_file), 1):
+                for text in _strings(row):
+                    tests.setdefault(normalise(text), f"{test_file.relative_to(root)}:{lineno}")
     checked = 0
     for src in sources:
         path = src.location(root)

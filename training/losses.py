@@ -17,11 +17,8 @@ from torch import nn
 
 def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, temperature: float = 0.05,
              offset: int = 0) -> torch.Tensor:
-    """Contrastive loss with in-batch negatives.
-
-    ``queries``: (B, D); ``docs``: (N, D), query i's group (positive first, then its negatives) at rows
-    ``offset + i*group_size`` onwards. Every other row of ``docs`` is a negative for query i too.
-    """
+    """Contrastive loss: query i's positive is ``docs`` row ``offset + i*group_size`` (its negatives follow);
+    every other row of ``docs`` (other groups, other devices) is a negative for it too."""
     if docs.shape[0] < offset + queries.shape[0] * group_size:
         raise ValueError(f"expected at least {offset + queries.shape[0] * group_size} docs, got {docs.shape[0]}")
     logits = queries @ docs.T / temperature
@@ -46,24 +43,17 @@ def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, tem
 
 
 class LGAnnaLoss(CachedLossMixin, nn.Module):
-    """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) over each query's candidates.
-
-    Columns: anchor (the prompted query), positive, negative_1..k. ``labels``: the teacher's raw scores of
-    [positive, negatives] (B, 1 + k), softmaxed at ``soft_label_temperature``; without 2-D labels, InfoNCE only.
-    """
+    """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) over columns anchor, positive,
+    negative_1..k; ``labels`` (B, 1 + k): teacher scores, softmaxed at ``soft_label_temperature`` (absent: InfoNCE)."""
 
     def __init__(self, model: Any, temperature: float = 0.05, contrastive_weight: float = 1.0, kl_weight: float = 1.0,
                  soft_label_temperature: float = 0.05, mini_batch_size: int | None = None,
                  gather_across_devices: bool = False) -> None:
         """``mini_batch_size`` turns on GradCache; ``gather_across_devices`` adds other ranks' documents as negatives."""
         super().__init__()
-        self.model = model
-        self.temperature = temperature
-        self.contrastive_weight = contrastive_weight
-        self.kl_weight = kl_weight
-        self.soft_label_temperature = soft_label_temperature
-        self.mini_batch_size = mini_batch_size or 0
-        self.gather_across_devices = gather_across_devices
+        self.model, self.temperature, self.soft_label_temperature = model, temperature, soft_label_temperature
+        self.contrastive_weight, self.kl_weight = contrastive_weight, kl_weight
+        self.mini_batch_size, self.gather_across_devices = mini_batch_size or 0, gather_across_devices
 
     @property
     def uses_gradient_cache(self) -> bool:  # type: ignore[override]

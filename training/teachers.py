@@ -3,6 +3,11 @@
 Each query's candidates are the top ``n_candidates`` of BM25 (bm25s) and of the dense model (all-MiniLM-L6-v2
 by default) among its own source's documents. Stage 2 is a sentence-transformers ``CrossEncoder`` directory
 when given, else (no cross-encoder offline) a calibrated fusion of the stage-1 scores.
+
+Mining filters each query's candidates by the teacher's scores (larger = more relevant, the positive's > 0):
+``adaptive`` keeps negatives below ``perc`` x the positive's score (NV-Retriever's TopK-PercPos; the library's
+``mine_hard_negatives(relative_margin=1 - perc)`` has the rule but scores with one dense model, not this teacher),
+``margin`` below the positive's score minus ``margin``, ``fixed`` below ``threshold``, ``none`` keeps all.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from .data import Example, write_json
 
 logger = logging.getLogger(__name__)
+C = TypeVar("C", bound=Hashable)
 
 
 @dataclass
@@ -71,22 +77,10 @@ def make_reranker(cfg: TeacherConfig) -> tuple[str, Scorer]:
     raise ValueError(f"unknown reranker {cfg.reranker!r}; use 'fusion' or 'cross-encoder:<directory>'")
 
 
-def _bm25_scores(docs: list[str], queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
-    ids, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False),
-                                     k=min(k, len(docs)), show_progress=False, n_threads=1)
-    return np.asarray(ids), np.asarray(scores)
-
-
 def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: TeacherConfig,
                          cache_dir: Path | None = None) -> tuple[list[TeacherRecord], str]:
-    """Stage 1 + stage 2 for ``examples`` over the document pool ``docs`` (each positive must be in it).
-
-    Returns the records and the reranker's name, cached under ``cache_dir`` by a fingerprint of config and data.
-    """
+    """Stage 1 + stage 2 for ``examples`` over ``docs`` (every positive and given negative): the records and the
+    reranker's name, cached under ``cache_dir`` by a fingerprint of config and data."""
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     for ex in examples:
         h.update(f"{ex.source}{ex.query}{ex.positive}".encode())
@@ -96,29 +90,28 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
         meta = json.loads(cache.read_text())
         return [TeacherRecord(**r) for r in meta["records"]], meta["reranker"]
 
+    import bm25s
+
     from lganna_rag import LGAnnaEncoder
 
     doc_index = {d: i for i, d in enumerate(docs)}
-    missing = [ex.positive[:60] for ex in examples if ex.positive not in doc_index]
-    if missing:
-        raise ValueError(f"{len(missing)} positives are not in the document pool, e.g. {missing[0]!r}")
     encoder = LGAnnaEncoder.from_pretrained(cfg.dense, max_length=cfg.max_length)
     queries = [ex.query for ex in examples]
     logger.info("teacher: dense-encoding %d queries and %d documents with %s", len(queries), len(docs), cfg.dense)
     q_vec = encoder.encode_queries(queries, batch_size=cfg.batch_size, show_progress_bar=True)
     d_vec = encoder.encode_documents(docs, batch_size=cfg.batch_size, show_progress_bar=True)
     reranker, score = make_reranker(cfg)
-    by_source: dict[str, list[int]] = {}  # candidates are searched within each source's own documents
-    for i, ex in enumerate(examples):
-        by_source.setdefault(ex.source, []).append(i)
     records: dict[int, TeacherRecord] = {}
-    for idx in by_source.values():
-        pool = sorted({doc_index[examples[i].positive] for i in idx}
-                      | {doc_index[n] for i in idx for n in examples[i].negatives if n in doc_index})
+    for src in dict.fromkeys(ex.source for ex in examples):  # candidates come from the source's own documents
+        idx = [i for i, ex in enumerate(examples) if ex.source == src]
+        pool = sorted({doc_index[t] for i in idx for t in (examples[i].positive, *examples[i].negatives)})
         pool_docs = [docs[j] for j in pool]
         local = {j: n for n, j in enumerate(pool)}
         k = min(cfg.n_candidates, len(pool))
-        bm_ids, bm_scores = _bm25_scores(pool_docs, [examples[i].query for i in idx], k)
+        bm25 = bm25s.BM25()
+        bm25.index(bm25s.tokenize(pool_docs, stopwords="en", show_progress=False), show_progress=False)
+        bm_ids, bm_scores = bm25.retrieve(bm25s.tokenize([examples[i].query for i in idx], stopwords="en",
+                                                         show_progress=False), k=k, show_progress=False, n_threads=1)
         dense = q_vec[idx] @ d_vec[pool].T
         for row, i in enumerate(idx):
             pos = doc_index[examples[i].positive]
@@ -133,3 +126,29 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
     if cache is not None:  # atomic: under torchrun every rank computes the labels and writes the same cache
         write_json(cache, {"reranker": reranker, "config": asdict(cfg), "records": [asdict(r) for r in done]})
     return done, reranker
+
+
+MODES = ("adaptive", "margin", "fixed", "none")
+
+
+def keep_mask(pos_score: float, neg_scores: Sequence[float], mode: str = "adaptive", *, perc: float = 0.95,
+              margin: float = 0.05, threshold: float = 0.7) -> list[bool]:
+    """Which negatives survive the ambiguity filter (True = usable as a negative)."""
+    if mode == "none":
+        return [True] * len(neg_scores)
+    limits = {"adaptive": perc * pos_score, "margin": pos_score - margin, "fixed": threshold}
+    if mode not in limits:
+        raise ValueError(f"unknown mining mode {mode!r}; choose one of {MODES}")
+    return [s < limits[mode] for s in neg_scores]
+
+
+def mine_negatives(candidates: Sequence[C], scores: Sequence[float], positives: Iterable[C], pos_score: float,
+                   k: int, mode: str = "adaptive", **params: float) -> list[C]:
+    """The ``k`` hardest candidates that are not positives and survive :func:`keep_mask`, hardest first."""
+    if len(candidates) != len(scores):
+        raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
+    pos = set(positives)
+    pairs = [(c, s) for c, s in zip(candidates, scores) if c not in pos]
+    mask = keep_mask(pos_score, [s for _, s in pairs], mode, **params)
+    kept = sorted((p for p, m in zip(pairs, mask) if m), key=lambda p: -p[1])
+    return [c for c, _ in kept[:k]]

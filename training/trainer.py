@@ -1,9 +1,6 @@
 """The LG-ANNA recipe on sentence-transformers' Trainer: config -> data -> teacher labels -> mining -> Trainer.
 
-    lganna-rag train training/configs/lganna-minilm.yaml
-    torchrun --nproc_per_node N -m lganna_rag.training.cli CONFIG        # DDP (gloo on CPU, nccl on GPU)
-    accelerate launch -m lganna_rag.training.cli CONFIG
-
+Run by ``lganna-rag train CONFIG``, or for DDP ``torchrun``/``accelerate launch -m lganna_rag.training.cli CONFIG``.
 The Trainer owns devices, precision, DDP, the optimiser, checkpoints and resume; this module holds the recipe
 (texts, prompts, negatives, soft labels). Mean-pooled models get the instruction as a sentence-transformers
 prompt with ``Pooling(include_prompt=False)``: attended to, not averaged, at training and inference alike.
@@ -37,19 +34,17 @@ from lganna_rag.encoder import _is_decoder
 from lganna_rag.models import REGISTRY
 from lganna_rag.prompts import Task, render_query, uses_instruction
 
-from .data import (SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source,
-                   user_source, write_json)
+from .data import SOURCES, Example, ExamplePool, check_leakage, icl_count, load_examples, source, write_json
 from .losses import LGAnnaLoss
-from .mining import mine_negatives
 from .model import LoraSettings, base_directory, build_model, export, task_prefix
-from .teachers import TeacherConfig, build_teacher_labels
+from .teachers import TeacherConfig, build_teacher_labels, mine_negatives
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class MiningConfig:
-    """Hard-negative mining on the teacher's scores (see :mod:`lganna_rag.training.mining`)."""
+    """Hard-negative mining on the teacher's scores (see :mod:`lganna_rag.training.teachers`)."""
 
     mode: str = "adaptive"
     perc: float = 0.95
@@ -169,14 +164,9 @@ class Style:
         return task_prefix(task, self.template or "e5") or ""
 
 
-def resolve_sources(cfg: TrainConfig) -> list[Source]:
-    """The configured sources: shared names or the user's own JSONL files."""
-    return [user_source(s) if isinstance(s, dict) or "/" in s or Path(s).is_file() else source(s) for s in cfg.sources]
-
-
 def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepared:
     """Leakage check, examples, dev split, teacher labels (cached) and mined negatives with their scores."""
-    sources = resolve_sources(cfg)
+    sources = [source(s) for s in cfg.sources]
     root = root or data_dir(must_exist=False)
     if cfg.leakage_check and root.is_dir():
         logger.info("leakage check passed on %d training rows", check_leakage(sources, root))
@@ -206,15 +196,14 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     for i, (ex, rec) in enumerate(zip(train, records)):
         score = dict(zip(rec.candidates, rec.scores))
         floor = min(rec.scores)
-        cands = list(dict.fromkeys(rec.candidates + [doc_index[n] for n in ex.negatives if n in doc_index]))
-        mined = mine_negatives([str(c) for c in cands], [score.get(c, floor) for c in cands], {str(rec.positive)},
-                               rec.positive_score, m.k, mode=m.mode, perc=m.perc, margin=m.margin, threshold=m.threshold)
-        chosen = [int(c) for c in mined]
+        cands = list(dict.fromkeys(rec.candidates + [doc_index[n] for n in ex.negatives]))
+        chosen = mine_negatives(cands, [score.get(c, floor) for c in cands], {rec.positive}, rec.positive_score, m.k,
+                                mode=m.mode, perc=m.perc, margin=m.margin, threshold=m.threshold)
         kept.append(len(chosen))
         filler = random.Random(cfg.seed * 1_000_003 + i)
         while len(chosen) < m.k:  # too few survivors: random documents of the pool (easy negatives, lowest score)
             j = filler.randrange(len(docs))
-            if j != rec.positive and j not in chosen and docs[j] != ex.positive:
+            if j != rec.positive and j not in chosen:
                 chosen.append(j)
         task = tasks[ex.source]
         shots = pool.sample(ex, icl_count(rng, cfg.icl_max_examples, cfg.icl_p_zero), rng) if cfg.use_instructions else []
@@ -241,7 +230,6 @@ class DevEvaluator(SentenceEvaluator):
         super().__init__()
         self.prep, self.style, self.sts, self.name = prep, style, sts_pairs, name
         self.primary_metric = f"{name}_dev_score"
-        self.greater_is_better = True
 
     def encode(self, model: Any, texts: list[str], source: str | None, query: bool) -> np.ndarray:
         """Embed as at inference: queries with their task prompt, documents plain (symmetric: both prompted)."""
@@ -264,14 +252,12 @@ class DevEvaluator(SentenceEvaluator):
         dev = [ex for ex in self.prep.dev if not self.prep.symmetric.get(ex.source, False)]
         if dev:
             docs = self.encode(model, [ex.positive for ex in dev], None, False)
-            rr = []
+            rr: list[float] = []
             for src in sorted({ex.source for ex in dev}):
                 idx = [i for i, ex in enumerate(dev) if ex.source == src]
                 q = self.encode(model, [dev[i].query for i in idx], src, True)
-                ranks = (-(q @ docs.T)).argsort(axis=1)
-                for row, i in enumerate(idx):
-                    pos = int(np.where(ranks[row] == i)[0][0])
-                    rr.append(1.0 / (pos + 1) if pos < 10 else 0.0)
+                ranks = ((-(q @ docs.T)).argsort(axis=1) == np.array(idx)[:, None]).argmax(axis=1)  # 0: ranked first
+                rr += [1.0 / (int(r) + 1) if r < 10 else 0.0 for r in ranks]
             out["retrieval_dev_mrr10"] = round(100 * float(np.mean(rr)), 2)
             parts.append(out["retrieval_dev_mrr10"])
         out["dev_score"] = round(float(np.mean(parts)), 2) if parts else 0.0
@@ -337,11 +323,8 @@ def pick_device(configured: str | None) -> str:
 
 def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, root: Path | None = None,
           callbacks: list[Any] | None = None, stop_after: int | None = None) -> TrainResult:
-    """Run the recipe; resumes from the last checkpoint in ``output_dir`` unless ``resume=False``.
-
-    ``max_steps`` replaces the configured step count (the schedule's length); ``stop_after`` stops at that
-    global step with a checkpoint and export, keeping the schedule (rerun to continue).
-    """
+    """Run the recipe, resuming from ``output_dir``'s last checkpoint unless ``resume=False``. ``max_steps`` replaces
+    the schedule's length; ``stop_after`` stops at that step with a checkpoint and export (rerun to continue)."""
     started = time.time()
     base_dir = base_directory(cfg.base_model, Path(cfg.cache_dir))
     decoder = _is_decoder(AutoConfig.from_pretrained(base_dir))  # causal LM: last-token pooling, EOS appended
@@ -400,7 +383,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
         "mining": dataclasses.asdict(cfg.mining), "loss": loss.get_config_dict(),
-        "icl_max_examples": cfg.icl_max_examples, "sources": [s.name for s in resolve_sources(cfg)],
+        "icl_max_examples": cfg.icl_max_examples, "sources": [source(s).name for s in cfg.sources],
         "tasks": sorted({t.name for t in prep.tasks.values()}), "data": prep.stats, "dev_start": start_scores,
         "dev_end": end_scores, "wall_time_s": round(wall, 1), "device": device, "world_size": trainer.args.world_size,
     }
