@@ -9,15 +9,14 @@ model with and without instructions.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+from dataclasses import replace as _r
 from pathlib import Path
 from typing import Any, Callable
 
 from .trainer import DevEvaluator, Style, TrainConfig, load_config, prepare, sts_dev_pairs, train
 
-_r = dataclasses.replace
 VARIANTS: dict[str, tuple[str, Callable[[TrainConfig], TrainConfig]]] = {
     "full": ("the config's recipe (InfoNCE + KL, adaptive mining, instructions not pooled)", lambda c: c),
     "hard-labels": ("hard labels only (no KL term)", lambda c: _r(c, kl_weight=0.0)),

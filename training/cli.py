@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -38,10 +39,7 @@ def train(config: str, output_dir: str | None, max_steps: int | None, stop_after
     Your own data: in the config, sources: [{path: pairs.jsonl, task: retrieval}] (rows: query, positive,
     optional negatives).
     """
-    import logging
-
-    from .trainer import load_config
-    from .trainer import train as run
+    from .trainer import load_config, train as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(resolve_config(config), output_dir=output_dir)

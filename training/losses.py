@@ -54,11 +54,7 @@ class LGAnnaLoss(CachedLossMixin, nn.Module):
         self.model, self.temperature, self.soft_label_temperature = model, temperature, soft_label_temperature
         self.contrastive_weight, self.kl_weight = contrastive_weight, kl_weight
         self.mini_batch_size, self.gather_across_devices = mini_batch_size or 0, gather_across_devices
-
-    @property
-    def uses_gradient_cache(self) -> bool:  # type: ignore[override]
-        """GradCache only when a mini-batch size is set."""
-        return bool(self.mini_batch_size)
+        self.uses_gradient_cache = bool(mini_batch_size)  # the mixin's per-instance switch: GradCache when set
 
     def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of one batch (GradCache when ``mini_batch_size`` is set)."""

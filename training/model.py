@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralModel
@@ -69,9 +70,7 @@ def base_directory(base: str, cache: Path) -> str:
     """A loadable directory (or hub id) for ``base``: a registered name, ``smollm2``, a path or a hub id."""
     if base == "smollm2":
         return str(smollm2_dir(cache))
-    if base in REGISTRY:
-        return REGISTRY[base].locate()
-    return base
+    return REGISTRY[base].locate() if base in REGISTRY else base
 
 
 def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length: int, dtype: str = "float32",
@@ -94,8 +93,6 @@ def build_model(base_dir: str, *, pooling: str, include_prompt: bool, max_length
     if lora is not None:
         # PEFT's own wrapper: sentence-transformers' add_adapter goes through transformers' PEFT integration,
         # which needs peft >= 0.22 (not on PyPI yet); a PeftModel saves only the adapter, as safetensors.
-        from peft import LoraConfig, get_peft_model
-
         transformer.model = get_peft_model(transformer.model, LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, bias="none"))
     return model
@@ -129,14 +126,8 @@ def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bo
     """Write a model directory that ``LGAnnaEncoder`` and ``SentenceTransformer`` both load: the LoRA adapter
     (``lganna.json`` names ``base``) or full weights, the pooling and a sentence-transformers prompt per task."""
     out.mkdir(parents=True, exist_ok=True)
-    transformer = model[0]
-    has_adapter = bool(getattr(transformer.model, "peft_config", None))
-    model.save_pretrained(str(out), safe_serialization=True)
-    if has_adapter:  # point the adapter at its base so SentenceTransformer(out) finds it
-        cfg_path = out / "adapter_config.json"
-        adapter_cfg = json.loads(cfg_path.read_text())
-        adapter_cfg["base_model_name_or_path"] = REGISTRY[base].locate() if base in REGISTRY else base
-        cfg_path.write_text(json.dumps(adapter_cfg, indent=2) + "\n")
+    has_adapter = bool(getattr(model[0].model, "peft_config", None))
+    model.save_pretrained(str(out), safe_serialization=True)  # PEFT's adapter_config names the base's directory
     st_cfg_path = out / "config_sentence_transformers.json"
     st_cfg = json.loads(st_cfg_path.read_text()) if st_cfg_path.is_file() else {}
     prompts = query_prompts(prompt_template, provenance.get("tasks", []), instruction_task_types)

@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
+import bm25s
 import numpy as np
+
+from lganna_rag import LGAnnaEncoder
 
 from .data import Example, write_json
 
@@ -89,10 +92,6 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
     if cache is not None and cache.is_file():
         meta = json.loads(cache.read_text())
         return [TeacherRecord(**r) for r in meta["records"]], meta["reranker"]
-
-    import bm25s
-
-    from lganna_rag import LGAnnaEncoder
 
     doc_index = {d: i for i, d in enumerate(docs)}
     encoder = LGAnnaEncoder.from_pretrained(cfg.dense, max_length=cfg.max_length)

@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from datasets import Dataset, DatasetDict
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
@@ -117,8 +120,6 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Read a YAML config (unknown keys are errors); ``overrides`` replace top-level values."""
-    import yaml
-
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     for key, cls in {"teacher": TeacherConfig, "mining": MiningConfig, "lora": LoraSettings}.items():
@@ -243,9 +244,8 @@ class DevEvaluator(SentenceEvaluator):
         out: dict[str, float] = {}
         parts = []
         if self.sts:
-            src = "stsb" if "stsb" in self.prep.tasks else None
-            a = self.encode(model, [r["sentence1"] for r in self.sts], src, True)
-            b = self.encode(model, [r["sentence2"] for r in self.sts], src, True)
+            a = self.encode(model, [r["sentence1"] for r in self.sts], "stsb", True)  # stsb's prompt, if trained on it
+            b = self.encode(model, [r["sentence2"] for r in self.sts], "stsb", True)
             rho = 100 * float(spearmanr((a * b).sum(1), [float(r["score"]) for r in self.sts]).statistic)
             out["sts_dev_spearman"] = round(rho, 2)
             parts.append(rho)
@@ -307,9 +307,6 @@ class _Trainer(SentenceTransformerTrainer):
         adapter = Path(checkpoint_path) / "adapter_model.safetensors"
         if not getattr(peft_model, "peft_config", None) or not adapter.is_file():
             return super()._load_from_checkpoint(checkpoint_path)
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         result = set_peft_model_state_dict(peft_model, load_file(str(adapter)))
         if result.unexpected_keys:
             raise RuntimeError(f"{adapter}: unexpected adapter keys {result.unexpected_keys[:3]}")
