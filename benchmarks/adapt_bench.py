@@ -8,14 +8,22 @@ with the adapter (query side: the stored document vectors are the base model's).
 re-embeds the corpus with the adapted model into a second collection, to measure what the
 query-side-only choice gives up.
 
-Run: ``python -m lganna_rag.benchmarks.adapt_bench --tasks Cranfield --minutes 8 [--both-sides]``.
-Writes ``benchmarks/results/adapt.json`` (one entry per task, replaced on rerun).
+``--kinds`` chooses the pseudo-query kinds (default ``ict,heading``); with ``question`` (SmolLM2-135M-Instruct
+writes a question for a seeded sample of ``--questions`` chunks) the entry also records the generation's
+throughput, a sample of the questions, and the ict+heading entry of the same task for comparison; the
+check that no pseudo-query equals a test query then covers the generated questions too (after adapt,
+before anything is written). The machine's load average is recorded: these numbers come from a shared CPU.
+
+Run: ``python -m lganna_rag.benchmarks.adapt_bench --tasks Cranfield --minutes 8 [--both-sides]``;
+``... --kinds question --questions 200 --minutes 12``.
+Writes ``benchmarks/results/adapt.json`` (one entry per task, model and non-default kinds; replaced on rerun).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -23,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lganna_rag.adapt import make_pseudo_queries, words
+from lganna_rag.adapt import DEFAULT_KINDS, iter_kinds, make_pseudo_queries, words
 from lganna_rag.index import Index
 
 from .tasks import load_retrieval, ndcg_at_k
@@ -45,8 +53,12 @@ def evaluate(index: Index, queries: dict[str, str], qrels: dict[str, dict[str, i
     return out
 
 
-def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: Path, seed: int) -> dict[str, Any]:
-    """Index, evaluate, adapt, evaluate again; returns the task's entry."""
+def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: Path, seed: int,
+             kinds: list[str] | None = None, questions: int = 200) -> dict[str, Any]:
+    """Index, evaluate, adapt (with ``kinds``), evaluate again; returns the task's entry."""
+    kinds = list(kinds or DEFAULT_KINDS)
+    load_start = os.getloadavg()
+    t_task = time.perf_counter()
     data = load_retrieval(task)
     ids, texts = data.document_texts()
     titles = [{"title": data.corpus[i].get("title") or ""} for i in ids]
@@ -59,26 +71,41 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
 
     # adapt sees the corpus only; prove that none of its pseudo-queries is a test query
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
-    pseudo, _ = make_pseudo_queries(chunks, seed=seed)
+    cheap = [k for k in kinds if k != "question"]
+    pseudo, _ = make_pseudo_queries(chunks, kinds=cheap, seed=seed) if cheap else ([], {})
     tests = {" ".join(words(q)) for q in data.queries.values()}
-    leaked = [p.query for p in pseudo if " ".join(words(p.query)) in tests]
-    if leaked:
-        raise RuntimeError(f"{len(leaked)} pseudo-queries equal test queries, e.g. {leaked[0]!r}")
+
+    def check_leaks(queries: list[str]) -> None:
+        leaked = [q for q in queries if " ".join(words(q)) in tests]
+        if leaked:
+            raise RuntimeError(f"{len(leaked)} pseudo-queries equal test queries, e.g. {leaked[0]!r}")
+
+    check_leaks([p.query for p in pseudo])
 
     def show(p: Any) -> None:
-        if p.stage != "train" or p.step % 10 == 0:
+        if (p.stage not in ("train", "questions") or p.step % 10 == 0 or p.message
+                or (p.stage == "questions" and p.step == p.total)):
             print(f"  {p.stage} {p.step}/{p.total} {p.message}", flush=True)
 
     t0 = time.perf_counter()
-    report = index.adapt(minutes, seed=seed, progress=show)
+    report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, progress=show)
     adapt_s = time.perf_counter() - t0
+    check_leaks(list(report.questions.values()))  # generated questions: known only now
     after = evaluate(index, data.queries, data.qrels, task) if report.kept else None
     print(f"{task} adapted (query side): {after}; {report.to_dict()}", flush=True)
     entry: dict[str, Any] = {
         "docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": after,
         "adapt": report.to_dict(), "adapt_wall_s": round(adapt_s, 1), "index_wall_s": round(index_s, 1),
-        "minutes": minutes, "seed": seed,
+        "minutes": minutes, "seed": seed, "kinds": kinds,
     }
+    if "question" in kinds:
+        st = report.kinds
+        entry["questions"] = {
+            "asked": questions, "sampled": st.get("questions_sampled"), "kept": st.get("question"),
+            "unusable": st.get("questions_unusable"), "per_second": st.get("questions_per_second"),
+            "generation_wall_s": st.get("questions_seconds"), "model_load_s": st.get("questions_load_seconds"),
+            "examples": [report.questions[c] for c in sorted(report.questions)[:12]],
+        }
     if both_sides and report.kept:
         encoder = index.query_encoder
         t0 = time.perf_counter()
@@ -89,6 +116,9 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
         print(f"{task} adapted (both sides): {entry['adapted_both_sides']}", flush=True)
         both.close()
     index.close()
+    entry["task_wall_s"] = round(time.perf_counter() - t_task, 1)
+    entry["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
+                                "cpus": os.cpu_count()}
     return entry
 
 
@@ -100,8 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--both-sides", action="store_true", help="also re-embed the corpus with the adapter")
+    ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="pseudo-query kinds (ict, heading, question)")
+    ap.add_argument("--questions", type=int, default=200, help="chunks that get a generated question (question kind)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adapt.json")
     args = ap.parse_args(argv)
+    kinds = iter_kinds(args.kinds)
     import torch
     from lganna_rag import __version__
 
@@ -109,10 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="adapt-bench-"))
     try:
         for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-            entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed)
+            entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed, kinds, args.questions)
             entry["environment"] = {"lganna_rag": __version__, "torch": torch.__version__,
                                     "threads": torch.get_num_threads(), "machine": platform.machine()}
-            results["tasks"][f"{task}/{args.model}"] = entry
+            key = f"{task}/{args.model}" + ("" if kinds == list(DEFAULT_KINDS) else "/" + "+".join(kinds))
+            reference = results["tasks"].get(f"{task}/{args.model}")
+            if key != f"{task}/{args.model}" and reference:  # the default-kinds run of the same task, as measured
+                entry["compare_default_kinds"] = {"base": reference["base"], "adapted_query_side":
+                                                  reference["adapted_query_side"], "adapt_wall_s": reference["adapt_wall_s"],
+                                                  "steps": reference["adapt"]["steps"]}
+            results["tasks"][key] = entry
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
     finally:

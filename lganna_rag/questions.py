@@ -69,11 +69,9 @@ def model_dir(cache: Path | None = None) -> Path:
     out = (cache or cache_dir()) / f"smollm2-135m-instruct-{src.stem.rsplit('.', 1)[-1].lower()}-{src.stat().st_size}"
     if (out / "model.safetensors").is_file():
         return out
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF files through it)
-    except ImportError:
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files through it
         raise QuestionModelMissing(f"reading {PACKAGE}'s GGUF needs the 'gguf' package: "
-                                   f"pip install gguf (or pip install 'lganna-rag[train]')") from None
+                                   f"pip install gguf (or pip install 'lganna-rag[train]')")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,10 +97,11 @@ def model_dir(cache: Path | None = None) -> Path:
 
 def clean_question(raw: str, passage: str) -> str | None:
     """The question in a generated answer, or ``None``: first line up to its first ``?``, quotes and a
-    ``Question:`` prefix removed; dropped when it has no ``?``, mentions "the passage", or shares no
+    ``Question:`` prefix or a "... question:" preamble removed; dropped when it has no ``?``, mentions "the passage", or shares no
     content word with ``passage``."""
     line = next((ln.strip() for ln in raw.strip().splitlines() if ln.strip()), "")
-    line = re.sub(r"^(q(uestion)?\s*\d*\s*[:.)-]\s*)", "", line, flags=re.IGNORECASE).strip(" \"'*`“”‘’")
+    line = re.sub(r"^(q(uestion)?\s*\d*\s*[:.)-]\s*)", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^[^:?]*\bquestion\b[^:?]*:\s*", "", line, flags=re.IGNORECASE).strip(" \"'*`“”‘’")
     if "?" not in line:
         return None
     line = line[: line.index("?") + 1].strip(" \"'*`“”‘’")

@@ -92,6 +92,8 @@ def test_clean_question_keeps_one_question_about_the_passage() -> None:
         "How long should green tea steep?"
     assert clean_question("How long should green tea steep? And why is it bitter?", text) == \
         "How long should green tea steep?"
+    assert clean_question("What is the answer to this question: Why does green tea turn bitter?", text) == \
+        "Why does green tea turn bitter?"  # a preamble before the question is cut
     assert clean_question("Green tea is steeped for two minutes.", text) is None  # no question
     assert clean_question("What is the main idea of the passage?", text) is None  # about the prompt
     assert clean_question("Who won the football final in 1966?", text) is None  # shares no content word
