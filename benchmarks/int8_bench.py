@@ -1,11 +1,13 @@
 """int8 vs fp32 CPU inference of one encoder, in the same run: throughput, vector agreement, task quality.
 
-``precision="int8"`` is PyTorch dynamic quantization of the ``nn.Linear`` layers
-(:func:`lganna_rag.encoder.quantize_int8`). Both models are loaded in this process and timed in
-alternating rounds on the same real texts (so machine noise hits both alike); quality is scored with
-mteb's evaluators on a bounded set of shared tasks, one or two per task type (deterministic slices of
-the larger ones, so the whole run takes minutes, not hours). No embedding cache is used: the cache
-keys on the weight files, which int8 and fp32 share.
+Three precisions of :meth:`lganna_rag.LGAnnaEncoder.from_pretrained` are compared: ``fp32``, ``int8-torch``
+(PyTorch dynamic quantization of the ``nn.Linear`` layers, :func:`lganna_rag.encoder.quantize_int8`) and
+``int8-onnx`` (ONNX Runtime int8, :mod:`lganna_rag.onnx_int8`; left out with a note when onnxruntime is not
+installed). All are loaded in this process and timed in alternating rounds on the same real texts (so machine
+noise hits them alike); each int8 speed is a ratio to the fp32 of the same run. Quality is scored with mteb's
+evaluators on a bounded set of shared tasks, one or two per task type (deterministic slices of the larger
+ones, so the whole run takes minutes, not hours). No embedding cache is used: the cache keys on the weight
+files, which all precisions share.
 
     python -m lganna_rag.benchmarks.int8_bench            # writes benchmarks/results/int8.json (+ .md)
 """
@@ -32,26 +34,39 @@ INT8_TASKS: dict[str, dict[str, int] | None] = {
 }
 
 
+#: The precisions compared (``int8-onnx`` only where onnxruntime is installed), and how the tables name them.
+PRECISIONS = ("fp32", "int8-torch", "int8-onnx")
+LABELS = {"fp32": "fp32", "int8-torch": "int8, PyTorch dynamic (nn.Linear)", "int8-onnx": "int8, ONNX Runtime dynamic"}
+
+
 def run_int8_bench(model: str = "minilm", *, n: int = 500, rounds: int = 3, threads: int | None = None,
                    tasks: dict[str, dict[str, int] | None] | None = None, out_dir: Path = RESULTS_DIR,
-                   progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure ``model`` at fp32 and int8; writes ``<out_dir>/int8.json`` and ``int8.md`` and returns the result."""
+                   note: str = "", progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure ``model`` at each of :data:`PRECISIONS`; writes ``<out_dir>/int8.json`` and ``int8.md`` and returns it.
+
+    ``note`` (e.g. how loaded the machine was) is stored and printed under the speed table.
+    """
     import torch
 
     from lganna_rag import LGAnnaEncoder
     from lganna_rag.integrations.mteb import LGAnnaMTEBModel
+    from lganna_rag.onnx_int8 import onnx_available
 
     from .speed import speed_texts
     from .tasks import shared_task
 
     if threads:
         torch.set_num_threads(threads)
+    precisions = [p for p in PRECISIONS if p != "int8-onnx" or onnx_available()]
+    if "int8-onnx" not in precisions:
+        progress("onnxruntime is not installed: int8-onnx left out (pip install 'lganna-rag[onnx]')")
     texts = speed_texts(n)
-    encoders = {p: LGAnnaEncoder.from_pretrained(model, device="cpu", precision=p) for p in ("fp32", "int8")}
+    encoders = {p: LGAnnaEncoder.from_pretrained(model, device="cpu", precision=p) for p in precisions}
     n_tokens = sum(len(ids) for ids in encoders["fp32"].tokenize(texts)[0])
     vectors = {p: e.encode(texts[:64]) for p, e in encoders.items()}  # warm-up
     times: dict[str, list[float]] = {p: [] for p in encoders}
-    progress(f"timing fp32 and int8 on {n} real texts, {rounds} alternating rounds, {torch.get_num_threads()} thread(s) ...")
+    progress(f"timing {', '.join(precisions)} on {n} real texts, {rounds} alternating rounds, "
+             f"{torch.get_num_threads()} thread(s) ...")
     for _ in range(rounds):
         for p, enc in encoders.items():
             start = time.perf_counter()
@@ -60,10 +75,14 @@ def run_int8_bench(model: str = "minilm", *, n: int = 500, rounds: int = 3, thre
     speed = {p: {"seconds_median": round(statistics.median(t), 3), "seconds_all": [round(x, 3) for x in t],
                  "texts_per_s": round(n / statistics.median(t), 2), "tokens_per_s": round(n_tokens / statistics.median(t), 1)}
              for p, t in times.items()}
-    ratio = speed["int8"]["texts_per_s"] / speed["fp32"]["texts_per_s"]
-    cos = (vectors["int8"] * vectors["fp32"]).sum(1)
-    progress(f"  fp32 {speed['fp32']['texts_per_s']:.1f} texts/s, int8 {speed['int8']['texts_per_s']:.1f} texts/s: "
-             f"{ratio:.2f}x; cosine int8 vs fp32 min {cos.min():.4f} mean {cos.mean():.4f}")
+    variants: dict[str, dict[str, Any]] = {}
+    for p in precisions[1:]:
+        cos = (vectors[p] * vectors["fp32"]).sum(1)
+        ratio = speed[p]["texts_per_s"] / speed["fp32"]["texts_per_s"]
+        variants[p] = {"over_fp32_texts_per_s": round(ratio, 3),
+                       "cosine_vs_fp32": {"min": round(float(cos.min()), 5), "mean": round(float(cos.mean()), 5)}}
+        progress(f"  {p}: {speed[p]['texts_per_s']:.1f} texts/s vs fp32 {speed['fp32']['texts_per_s']:.1f}: "
+                 f"{ratio:.2f}x; cosine to fp32 min {cos.min():.4f} mean {cos.mean():.4f}")
 
     chosen = tasks if tasks is not None else INT8_TASKS
     quality: dict[str, dict[str, Any]] = {}
@@ -75,22 +94,20 @@ def run_int8_bench(model: str = "minilm", *, n: int = 500, rounds: int = 3, thre
             row[p] = entry["main_score"]
             row["metric"] = entry["main_metric"]
             row[f"{p}_wall_s"] = entry["wall_s"]
-        row["delta"] = round(row["int8"] - row["fp32"], 2)
+        for p in variants:
+            row[f"{p}_delta"] = round(row[p] - row["fp32"], 2)
         quality[folder] = row
-        progress(f"  {folder:<14} {row['metric']:<14} fp32 {row['fp32']:6.2f}  int8 {row['int8']:6.2f}  ({row['delta']:+.2f})")
-    by_type: dict[str, dict[str, float]] = {}
-    for row in quality.values():
-        by_type.setdefault(row["type"], {"fp32": [], "int8": []})  # type: ignore[dict-item]
-        by_type[row["type"]]["fp32"].append(row["fp32"])  # type: ignore[union-attr]
-        by_type[row["type"]]["int8"].append(row["int8"])  # type: ignore[union-attr]
-    type_means = {t: {"fp32": round(float(np.mean(v["fp32"])), 2), "int8": round(float(np.mean(v["int8"])), 2),
-                      "delta": round(float(np.mean(v["int8"]) - np.mean(v["fp32"])), 2)} for t, v in by_type.items()}
-    mean_delta = round(float(np.mean([r["delta"] for r in quality.values()])), 2) if quality else None
+        progress(f"  {folder:<14} {row['metric']:<14} " + "  ".join(f"{p} {row[p]:6.2f}" for p in encoders))
+    for p, v in variants.items():
+        deltas = [r[f"{p}_delta"] for r in quality.values()]
+        v["mean_delta"] = round(float(np.mean(deltas)), 2) if deltas else None
+        by_type: dict[str, list[float]] = {}
+        for r in quality.values():
+            by_type.setdefault(r["type"], []).append(r[f"{p}_delta"])
+        v["delta_by_type"] = {t: round(float(np.mean(d)), 2) for t, d in by_type.items()}
     result = {
         "versions": _versions(), "model": model, "cpu_threads": torch.get_num_threads(), "texts": n, "tokens": n_tokens,
-        "speed": speed, "int8_over_fp32_texts_per_s": round(ratio, 3),
-        "cosine_int8_vs_fp32": {"min": round(float(cos.min()), 5), "mean": round(float(cos.mean()), 5)},
-        "quality": quality, "quality_by_type": type_means, "mean_delta": mean_delta,
+        "rounds": rounds, "note": note, "speed": speed, "variants": variants, "quality": quality,
         "targets": {"speedup": 1.8, "max_mean_loss_points": 0.5},
     }
     result["recommended_cpu_default"] = recommend(result)
@@ -100,33 +117,58 @@ def run_int8_bench(model: str = "minilm", *, n: int = 500, rounds: int = 3, thre
     return result
 
 
+def meets_targets(variant: dict[str, Any], targets: dict[str, float]) -> bool:
+    """True when an int8 variant is at least ``speedup`` x fp32 and loses at most ``max_mean_loss_points``."""
+    fast = variant["over_fp32_texts_per_s"] >= targets["speedup"]
+    close = variant.get("mean_delta") is not None and variant["mean_delta"] >= -targets["max_mean_loss_points"]
+    return fast and close
+
+
 def recommend(r: dict[str, Any]) -> str:
-    """``int8`` only when it meets both targets (speed-up and mean quality loss) in this run, else ``fp32``."""
-    t = r["targets"]
-    fast = r["int8_over_fp32_texts_per_s"] >= t["speedup"]
-    close = r["mean_delta"] is not None and r["mean_delta"] >= -t["max_mean_loss_points"]
-    return "int8" if fast and close else "fp32"
+    """The fastest int8 variant that meets both targets (speed-up and mean quality loss) in this run, else ``fp32``."""
+    good = [(v["over_fp32_texts_per_s"], p) for p, v in r["variants"].items() if meets_targets(v, r["targets"])]
+    return max(good)[1] if good else "fp32"
 
 
 def render_markdown(r: dict[str, Any]) -> str:
     """A short Markdown summary of ``int8.json``."""
-    s = r["speed"]
+    s, t, v = r["speed"], r["targets"], r["variants"]
     lines = [
         f"# int8 vs fp32 CPU inference: `{r['model']}`", "",
         "Written by `python -m lganna_rag.benchmarks.int8_bench` (same process, alternating rounds, "
-        f"{r['cpu_threads']} torch thread(s), {r['texts']} real texts / {r['tokens']} tokens).", "",
-        "| precision | texts/s | tokens/s |", "|---|---:|---:|",
-        f"| fp32 | {s['fp32']['texts_per_s']:.1f} | {s['fp32']['tokens_per_s']:.0f} |",
-        f"| int8 (dynamic, nn.Linear) | {s['int8']['texts_per_s']:.1f} | {s['int8']['tokens_per_s']:.0f} |", "",
-        f"int8 / fp32 = **{r['int8_over_fp32_texts_per_s']:.2f}x** texts/s (target 1.8x). Cosine of int8 to fp32 vectors: "
-        f"min {r['cosine_int8_vs_fp32']['min']}, mean {r['cosine_int8_vs_fp32']['mean']}.", "",
-        "| task | type | slice | metric | fp32 | int8 | delta |", "|---|---|---|---|---:|---:|---:|",
+        f"{r['cpu_threads']} thread(s), {r['texts']} real texts / {r['tokens']} tokens, {r.get('rounds', 3)} rounds).", "",
+        "| precision | texts/s | tokens/s | x fp32 | cosine to fp32 (min / mean) | mean quality delta |",
+        "|---|---:|---:|---:|---|---:|",
     ]
+    for p, sp in s.items():
+        if p == "fp32":
+            lines.append(f"| fp32 | {sp['texts_per_s']:.1f} | {sp['tokens_per_s']:.0f} | 1.00 | 1 / 1 | 0 |")
+        else:
+            c = v[p]["cosine_vs_fp32"]
+            lines.append(f"| `{p}`: {LABELS.get(p, p)} | {sp['texts_per_s']:.1f} | {sp['tokens_per_s']:.0f} | "
+                         f"**{v[p]['over_fp32_texts_per_s']:.2f}** | {c['min']:.4f} / {c['mean']:.4f} | "
+                         f"**{v[p]['mean_delta']:+.2f}** |")
+    if r.get("note"):
+        lines += ["", r["note"]]
+    lines += ["", f"Targets: at least {t['speedup']}x fp32 texts/s and at most {t['max_mean_loss_points']} points of mean "
+              "loss over the tasks below.", ""]
+    names = [p for p in s if p != "fp32"]
+    lines += ["| task | type | slice | metric | fp32 | " + " | ".join(names) + " |",
+              "|---|---|---|---|---:|" + "---:|" * len(names)]
     for name, q in r["quality"].items():
-        sl = "all" if not q["limits"] else ", ".join(f"{k} {v}" for k, v in q["limits"].items())
-        lines.append(f"| {name} | {q['type']} | {sl} | {q['metric']} | {q['fp32']:.2f} | {q['int8']:.2f} | {q['delta']:+.2f} |")
-    lines += ["", f"Mean delta over these tasks: **{r['mean_delta']:+.2f}** points (target: at most 0.5 points of loss).", "",
-              f"CPU default by this measurement: **{recommend(r)}** (int8 must meet both targets; "
+        sl = "all" if not q["limits"] else ", ".join(f"{k} {v_}" for k, v_ in q["limits"].items())
+        cells = " | ".join(f"{q[p]:.2f} ({q[p + '_delta']:+.2f})" for p in names)
+        lines.append(f"| {name} | {q['type']} | {sl} | {q['metric']} | {q['fp32']:.2f} | {cells} |")
+    lines.append("")
+    for p in names:
+        by_type = ", ".join(f"{k} {d:+.2f}" for k, d in v[p]["delta_by_type"].items())
+        verdict = "meets both targets" if meets_targets(v[p], t) else "misses: " + "; ".join(
+            x for x in (f"speed {v[p]['over_fp32_texts_per_s']:.2f}x < {t['speedup']}x"
+                        if v[p]["over_fp32_texts_per_s"] < t["speedup"] else "",
+                        f"mean loss {-v[p]['mean_delta']:.2f} > {t['max_mean_loss_points']} points"
+                        if v[p]["mean_delta"] < -t["max_mean_loss_points"] else "") if x)
+        lines.append(f"- `{p}`: mean delta {v[p]['mean_delta']:+.2f} points (by type: {by_type}); {verdict}.")
+    lines += ["", f"CPU default by this measurement: **{recommend(r)}** (an int8 variant must meet both targets; "
               "`lganna_rag.encoder.CPU_DEFAULT_PRECISION`).", ""]
     return "\n".join(lines)
 
@@ -140,6 +182,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tasks", default=None, help="Comma-separated task folders (default: the INT8_TASKS slices).")
+    parser.add_argument("--note", default="", help="A line on the conditions (e.g. machine load), written under the speed table.")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--render", action="store_true", help="Only rewrite int8.md (and the recommendation) from int8.json.")
     a = parser.parse_args()
@@ -150,4 +193,4 @@ if __name__ == "__main__":
         (a.out / "int8.md").write_text(render_markdown(saved))
         raise SystemExit(0)
     picked = {t: INT8_TASKS.get(t) for t in a.tasks.split(",")} if a.tasks else None
-    run_int8_bench(a.model, n=a.n, rounds=a.rounds, threads=a.threads, tasks=picked, out_dir=a.out)
+    run_int8_bench(a.model, n=a.n, rounds=a.rounds, threads=a.threads, tasks=picked, out_dir=a.out, note=a.note)

@@ -132,9 +132,11 @@ def _speed_options(func: Callable) -> Callable:
 
     run = click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")(run)
     return click.option(
-        "--precision", type=click.Choice(["fp32", "int8"]), envvar="LGANNA_PRECISION", show_envvar=True,
+        "--precision", type=click.Choice(["fp32", "int8", "int8-onnx", "int8-torch"]), envvar="LGANNA_PRECISION",
+        show_envvar=True,
         help="CPU inference precision: int8 quantizes the linear layers (faster, slightly different vectors; "
-             "see benchmarks/results/int8.md). Default: fp32.",
+             "see benchmarks/results/int8.md): ONNX Runtime (int8-onnx) when onnxruntime is installed "
+             "(pip install 'lganna-rag[onnx]'), else PyTorch (int8-torch). Default: fp32.",
     )(run)
 
 

@@ -32,8 +32,11 @@ from .prompts import Task, get_task, query_prefix, render_query, uses_instructio
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`.
-PRECISIONS = ("fp32", "int8")
+#: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``int8-onnx``: ONNX Runtime int8
+#: (:mod:`lganna_rag.onnx_int8`, extra ``onnx``; encoders only); ``int8-torch``: PyTorch dynamic quantization
+#: (:func:`quantize_int8`). ``int8`` picks ``int8-onnx`` for an encoder when onnxruntime is installed (faster and
+#: closer to fp32 in ``benchmarks/results/int8.md``), else ``int8-torch``, so ``--precision int8`` works everywhere.
+PRECISIONS = ("fp32", "int8", "int8-onnx", "int8-torch")
 #: Precision on CPU when none is given (``LGANNA_PRECISION`` overrides); chosen by
 #: ``benchmarks/results/int8.json`` (``python -m lganna_rag.benchmarks.int8_bench``).
 CPU_DEFAULT_PRECISION = "fp32"
@@ -108,8 +111,25 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
         precision = os.environ.get("LGANNA_PRECISION") or (CPU_DEFAULT_PRECISION if device.type == "cpu" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError(f"precision 'int8' (dynamic quantization) runs on CPU only, not on {device.type}")
+    if precision.startswith("int8") and device.type != "cpu":
+        raise ValueError(f"precision {precision!r} (dynamic quantization) runs on CPU only, not on {device.type}")
+    return precision
+
+
+def int8_backend(precision: str, *, is_decoder: bool) -> str:
+    """The concrete precision: ``int8`` becomes ``int8-onnx`` (an encoder, onnxruntime installed) or ``int8-torch``.
+
+    ``int8-onnx`` asked for explicitly raises ``ImportError`` (with the install command) when onnxruntime is
+    missing and ``ValueError`` for a decoder; other values are returned unchanged.
+    """
+    from .onnx_int8 import onnx_available, require_onnx
+
+    if precision == "int8":
+        return "int8-onnx" if not is_decoder and onnx_available() else "int8-torch"
+    if precision == "int8-onnx":
+        if is_decoder:
+            raise ValueError("precision 'int8-onnx' supports encoder models only; use 'int8-torch' for a decoder")
+        require_onnx()
     return precision
 
 
@@ -181,7 +201,7 @@ class LGAnnaEncoder:
         self.config = config
         self.name = name
         self.is_decoder = is_decoder
-        #: ``fp32`` or ``int8`` (set by :meth:`from_pretrained`; a model passed in is taken as it is).
+        #: ``fp32``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a model passed in is taken as it is).
         self.precision = "fp32"
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if config.append_eos and eos is None:
@@ -214,8 +234,10 @@ class LGAnnaEncoder:
         ``adapter`` is a PEFT LoRA directory applied on top, merged into the weights at load (encode speed
         equals the base model's; ``merge_adapter=False`` keeps it separate). ``settings`` override ``lganna.json`` fields (e.g. ``pooling="mean"``).
         Only safetensors weights are loaded; ``trust_remote_code`` is off unless you pass it.
-        ``precision="int8"`` quantizes the linear layers (CPU; see :func:`quantize_int8`); ``None`` is
-        ``LGANNA_PRECISION`` or :data:`CPU_DEFAULT_PRECISION` on CPU.
+        ``precision="int8"`` runs int8 on CPU: ONNX Runtime (``int8-onnx``, :mod:`lganna_rag.onnx_int8`) for
+        an encoder when onnxruntime is installed, else PyTorch dynamic quantization (``int8-torch``,
+        :func:`quantize_int8`); see :data:`PRECISIONS`. ``None`` is ``LGANNA_PRECISION`` or
+        :data:`CPU_DEFAULT_PRECISION` on CPU.
         """
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -285,19 +307,28 @@ class LGAnnaEncoder:
             if merge_adapter:
                 model = model.merge_and_unload()
         model.to(dev).eval()
-        chosen = resolve_precision(precision, dev)
-        if chosen == "int8":
+        chosen = int8_backend(resolve_precision(precision, dev), is_decoder=is_decoder)
+        if chosen != "fp32":
             if dtype is not None and torch_dtype != torch.float32:
-                raise ValueError("precision 'int8' quantizes float32 weights: leave dtype unset (or float32)")
+                raise ValueError(f"precision {chosen!r} quantizes float32 weights: leave dtype unset (or float32)")
             if adapter_dir is not None and not merge_adapter:
-                raise ValueError("precision 'int8' needs the adapter merged (merge_adapter=True)")
+                raise ValueError(f"precision {chosen!r} needs the adapter merged (merge_adapter=True)")
+        if chosen == "int8-torch":
             model = quantize_int8(model)
+        elif chosen == "int8-onnx":
+            from .onnx_int8 import load_int8
+
+            pad = tokenizer.pad_token_id
+            model = load_int8(model, pad_id=pad if pad is not None else 0)
         encoder = cls(model, tokenizer, config, name=name, is_decoder=is_decoder)
         encoder.precision = chosen
         return encoder
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Save weights (safetensors; a PEFT model saves its adapter), tokenizer and ``lganna.json``."""
+        if self.precision != "fp32":
+            raise ValueError(f"this encoder runs at precision {self.precision!r}: save the fp32 model (load it with "
+                             f"precision='fp32') and quantize at load time")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
@@ -309,7 +340,8 @@ class LGAnnaEncoder:
     @property
     def device(self) -> torch.device:
         """The device the model runs on."""
-        return next(self.model.parameters()).device
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")  # ONNX Runtime int8: CPU
 
     @property
     def dimension(self) -> int:

@@ -70,8 +70,10 @@ class StaticEncoder(LGAnnaEncoder):
             raise ModelNotFoundError(f"StaticEncoder loads 'wordllama', not {name_or_path!r}")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError("the static model runs on CPU only")
-        if precision not in (None, "fp32", "int8"):
-            raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+        from .encoder import PRECISIONS
+
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         root = wordllama_dir()
         table = load_file(str(Path(root) / WORDLLAMA_TABLE))["embedding.weight"]
         if dim is not None:

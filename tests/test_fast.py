@@ -72,8 +72,8 @@ def test_wordllama_indexes_and_finds_the_matching_chunk(wordllama, tmp_path):
 def test_int8_quantizes_every_linear_layer_and_stays_close_to_fp32(minilm, sts_sentences, sts_pairs):
     from scipy.stats import spearmanr
 
-    int8 = LGAnnaEncoder.from_pretrained("minilm", precision="int8", device="cpu")
-    assert int8.precision == "int8" and minilm.precision == "fp32"
+    int8 = LGAnnaEncoder.from_pretrained("minilm", precision="int8-torch", device="cpu")
+    assert int8.precision == "int8-torch" and minilm.precision == "fp32"
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in minilm.model.modules())
     quantized = [m for m in int8.model.modules() if isinstance(m, DynamicLinear)]
     assert n_linear == 37 and len(quantized) == n_linear  # 6 layers x (q, k, v, out, up, down) + the BERT pooler
@@ -130,7 +130,7 @@ def test_cli_precision_and_threads_options(monkeypatch):
     assert vectors["fp32"].shape == (2, 384) and 0.95 < cos.min() and cos.max() < 0.99999
     for command in ("index", "search", "embed", "serve"):
         help_text = CliRunner().invoke(main, [command, "--help"]).output
-        assert "--precision [fp32|int8]" in help_text and "--threads" in help_text
+        assert "--precision [fp32|int8|int8-onnx|int8-torch]" in help_text and "--threads" in help_text
     bad = CliRunner().invoke(main, ["embed", "--precision", "int4"], input="x\n")
     assert bad.exit_code == 2 and "int4" in bad.output
 
@@ -139,9 +139,15 @@ def test_int8_bench_recommends_int8_only_when_both_targets_are_met():
     from lganna_rag.benchmarks.int8_bench import recommend
 
     targets = {"speedup": 1.8, "max_mean_loss_points": 0.5}
-    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.3}) == "int8"
-    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.9, "mean_delta": -0.6}) == "fp32"
-    assert recommend({"targets": targets, "int8_over_fp32_texts_per_s": 1.12, "mean_delta": 0.1}) == "fp32"
+    def run(**variants: tuple[float, float]) -> dict:
+        return {"targets": targets, "variants": {k.replace("_", "-"): {"over_fp32_texts_per_s": s, "mean_delta": d}
+                                                 for k, (s, d) in variants.items()}}
+
+    assert recommend(run(int8_onnx=(1.9, -0.3))) == "int8-onnx"
+    assert recommend(run(int8_onnx=(1.9, -0.6))) == "fp32"
+    assert recommend(run(int8_torch=(1.12, 0.1))) == "fp32"
+    assert recommend(run(int8_torch=(2.0, -0.4), int8_onnx=(2.4, -0.2))) == "int8-onnx"  # the faster of two
+    assert recommend(run(int8_torch=(2.0, -0.4), int8_onnx=(2.4, -0.7))) == "int8-torch"
 
 
 def test_int8_quantized_store_is_opt_in_recorded_and_searchable(wordllama, tmp_path):

@@ -1,0 +1,99 @@
+"""ONNX Runtime int8 inference (`precision="int8-onnx"`, and `int8` when onnxruntime is installed)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lganna_rag import LGAnnaEncoder
+from lganna_rag.encoder import int8_backend
+
+DOCS = ["Green tea should be brewed with water at about 80 degrees Celsius for two minutes.",
+        "Kubernetes restarts a pod when its liveness probe fails repeatedly.",
+        "The Eiffel Tower is in Paris and was finished in 1889.",
+        "A man is playing an acoustic guitar on a small stage."]
+QUERIES = ["what water temperature for brewing green tea", "why does my pod keep restarting",
+           "when was the eiffel tower built", "someone performing music"]
+
+
+@pytest.fixture(scope="module")
+def lganna_pair(tmp_path_factory):
+    """lganna-minilm at fp32 and through ONNX Runtime int8, exported into a fresh cache folder."""
+    pytest.importorskip("onnxruntime", reason="ONNX int8 needs the optional extra: pip install 'lganna-rag[onnx]'")
+    cache = tmp_path_factory.mktemp("lganna-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LGANNA_CACHE", str(cache))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="fp32")
+        int8 = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="int8")
+    yield fp32, int8, cache
+    mp.undo()
+
+
+def test_int8_runs_through_onnx_runtime_and_stays_close_to_fp32(lganna_pair, sts_sentences):
+    from lganna_rag.onnx_int8 import OnnxInt8Transformer
+
+    fp32, int8, cache = lganna_pair
+    assert int8.precision == "int8-onnx" and isinstance(int8.model, OnnxInt8Transformer)
+    files = list(cache.glob("onnx/*/model-int8.onnx"))
+    assert len(files) == 1 and int8.model.path == files[0]
+    assert files[0].stat().st_size < 40e6  # int8 weights: about a quarter of MiniLM's 90 MB
+    a, b = int8.encode_documents(sts_sentences), fp32.encode_documents(sts_sentences)
+    cos = (a * b).sum(1)
+    assert cos.min() >= 0.97 and cos.mean() >= 0.98
+    assert cos.min() < 0.99999  # really quantized, not the fp32 graph
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)  # the encoder's own normalisation ran
+    # the same short text alone or in a padded batch: padding is masked in the ONNX graph too (not bit-equal:
+    # dynamic quantization scales the activations per batch)
+    short = min(range(len(sts_sentences)), key=lambda i: len(sts_sentences[i]))
+    assert float(int8.encode([sts_sentences[short]])[0] @ a[short]) > 0.99
+
+
+@pytest.mark.parametrize("task", [None, "retrieval"], ids=["plain", "instruction"])
+def test_onnx_int8_queries_rank_like_fp32(lganna_pair, task):
+    fp32, int8, _ = lganna_pair
+    if task is not None:  # lganna-minilm: the instruction is attended to but left out of the mean
+        assert fp32.excludes_prompt and int8.render_queries(["q"], task) != ["q"]
+    q8, q32 = int8.encode_queries(QUERIES, task=task), fp32.encode_queries(QUERIES, task=task)
+    assert ((q8 * q32).sum(1) >= 0.97).all()
+    scores = int8.similarity(q8, int8.encode_documents(DOCS))
+    assert (scores.argmax(1) == np.arange(len(QUERIES))).all()  # each query's related doc outranks the others
+
+
+def test_onnx_export_is_cached_per_fingerprint(lganna_pair, monkeypatch):
+    from lganna_rag import onnx_int8
+
+    _, int8, cache = lganna_pair
+    before = int8.model.path.stat().st_mtime_ns
+    monkeypatch.setattr(onnx_int8, "export_int8", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setenv("LGANNA_CACHE", str(cache))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="int8-onnx")
+    assert again.model.path == int8.model.path and again.model.path.stat().st_mtime_ns == before
+    assert not list(cache.glob("onnx/*/.export-*"))  # no temporary folder left behind
+    with pytest.raises(ValueError, match="save the fp32 model"):
+        again.save_pretrained(cache / "saved")
+
+
+def test_int8_falls_back_to_torch_and_onnx_errors_clearly_without_onnxruntime(monkeypatch):
+    import importlib.util
+
+    from lganna_rag import onnx_int8
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(onnx_int8.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert int8_backend("int8", is_decoder=False) == "int8-torch"
+    assert int8_backend("fp32", is_decoder=False) == "fp32"
+    with pytest.raises(ImportError, match=r"needs onnxruntime .*pip install 'lganna-rag\[onnx\]'.*int8-torch"):
+        int8_backend("int8-onnx", is_decoder=False)
+    with pytest.raises(ImportError, match="onnxruntime"):
+        LGAnnaEncoder.from_pretrained("minilm", device="cpu", precision="int8-onnx")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="encoder models only"):
+        int8_backend("int8-onnx", is_decoder=True)
+    assert int8_backend("int8", is_decoder=True) == "int8-torch"
