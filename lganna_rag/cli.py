@@ -132,11 +132,12 @@ def _speed_options(func: Callable) -> Callable:
 
     run = click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")(run)
     return click.option(
-        "--precision", type=click.Choice(["fp32", "int8", "int8-onnx", "int8-torch"]), envvar="LGANNA_PRECISION",
+        "--precision", type=click.Choice(["auto", "fp32", "int8", "int8-onnx", "int8-torch"]), envvar="LGANNA_PRECISION",
         show_envvar=True,
         help="CPU inference precision: int8 quantizes the linear layers (faster, slightly different vectors; "
              "see benchmarks/results/int8.md): ONNX Runtime (int8-onnx) when onnxruntime is installed "
-             "(pip install 'lganna-rag[onnx]'), else PyTorch (int8-torch). Default: fp32.",
+             "(a core dependency), else PyTorch (int8-torch). Default: auto (int8-onnx for encoder models on CPU, "
+             "measured 2.48x fp32 with no quality loss; fp32 otherwise).",
     )(run)
 
 

@@ -33,15 +33,16 @@ logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``int8-onnx``: ONNX Runtime int8
-#: (:mod:`lganna_rag.onnx_int8`, extra ``onnx``; encoders only); ``int8-torch``: PyTorch dynamic quantization
+#: (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``: PyTorch dynamic quantization
 #: (:func:`quantize_int8`). ``int8`` picks ``int8-onnx`` for an encoder when onnxruntime is installed (faster and
 #: closer to fp32 in ``benchmarks/results/int8.md``), else ``int8-torch``, so ``--precision int8`` works everywhere.
-PRECISIONS = ("fp32", "int8", "int8-onnx", "int8-torch")
-#: Precision on CPU when none is given (``LGANNA_PRECISION`` overrides). ``benchmarks/results/int8.json``
-#: (``python -m lganna_rag.benchmarks.int8_bench``) has ``int8-onnx`` meeting both targets on MiniLM (2.48x,
-#: +0.30 points; ``int8-torch`` 1.20x, -0.95); it stays fp32 for now because switching changes the vectors of
-#: every caller loading without a precision (existing indexes, training teachers, parity checks): a separate step.
-CPU_DEFAULT_PRECISION = "fp32"
+#: ``auto``: ``int8-onnx`` where it applies (an fp32 encoder on CPU, adapter merged, onnxruntime installed), else fp32.
+PRECISIONS = ("auto", "fp32", "int8", "int8-onnx", "int8-torch")
+#: Precision on CPU when none is given (``LGANNA_PRECISION`` overrides), chosen by measurement:
+#: ``benchmarks/results/int8.json`` (``python -m lganna_rag.benchmarks.int8_bench``) has ``int8-onnx`` meeting both
+#: targets on MiniLM (2.48x fp32 texts/s, +0.30 mean points; ``int8-torch`` 1.20x, -0.95), so ``auto``. Callers that
+#: need exact fp32 vectors (training teachers, the quality benchmarks, parity checks) ask for ``fp32``.
+CPU_DEFAULT_PRECISION = "auto"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"]
 
 
@@ -113,21 +114,24 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
         precision = os.environ.get("LGANNA_PRECISION") or (CPU_DEFAULT_PRECISION if device.type == "cpu" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto" and device.type != "cpu":
+        return "fp32"
     if precision.startswith("int8") and device.type != "cpu":
         raise ValueError(f"precision {precision!r} (dynamic quantization) runs on CPU only, not on {device.type}")
     return precision
 
 
 def int8_backend(precision: str, *, is_decoder: bool) -> str:
-    """The concrete precision: ``int8`` becomes ``int8-onnx`` (an encoder, onnxruntime installed) or ``int8-torch``.
+    """The concrete precision: ``int8`` becomes ``int8-onnx`` (an encoder, onnxruntime installed) or ``int8-torch``;
+    ``auto`` becomes ``int8-onnx`` or ``fp32``.
 
     ``int8-onnx`` asked for explicitly raises ``ImportError`` (with the install command) when onnxruntime is
     missing and ``ValueError`` for a decoder; other values are returned unchanged.
     """
     from .onnx_int8 import onnx_available, require_onnx
 
-    if precision == "int8":
-        return "int8-onnx" if not is_decoder and onnx_available() else "int8-torch"
+    if precision in ("int8", "auto"):
+        return "int8-onnx" if not is_decoder and onnx_available() else ("int8-torch" if precision == "int8" else "fp32")
     if precision == "int8-onnx":
         if is_decoder:
             raise ValueError("precision 'int8-onnx' supports encoder models only; use 'int8-torch' for a decoder")
@@ -309,7 +313,11 @@ class LGAnnaEncoder:
             if merge_adapter:
                 model = model.merge_and_unload()
         model.to(dev).eval()
-        chosen = int8_backend(resolve_precision(precision, dev), is_decoder=is_decoder)
+        requested = resolve_precision(precision, dev)
+        chosen = int8_backend(requested, is_decoder=is_decoder)
+        if requested == "auto" and ((dtype is not None and torch_dtype != torch.float32)
+                                    or (adapter_dir is not None and not merge_adapter)):
+            chosen = "fp32"  # the default quantizes only what it can: fp32 weights, adapters merged
         if chosen != "fp32":
             if dtype is not None and torch_dtype != torch.float32:
                 raise ValueError(f"precision {chosen!r} quantizes float32 weights: leave dtype unset (or float32)")

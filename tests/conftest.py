@@ -6,6 +6,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Exact fp32 vectors in the suite (parity with sentence-transformers, equality after reload); the CPU default
+# (auto: int8 through ONNX Runtime) is tested explicitly in test_onnx_int8.py.
+os.environ["LGANNA_PRECISION"] = "fp32"
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402

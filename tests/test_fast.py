@@ -130,7 +130,7 @@ def test_cli_precision_and_threads_options(monkeypatch):
     assert vectors["fp32"].shape == (2, 384) and 0.95 < cos.min() and cos.max() < 0.99999
     for command in ("index", "search", "embed", "serve"):
         help_text = CliRunner().invoke(main, [command, "--help"]).output
-        assert "--precision [fp32|int8|int8-onnx|int8-torch]" in help_text and "--threads" in help_text
+        assert "--precision [auto|fp32|int8|int8-onnx|int8-torch]" in help_text and "--threads" in help_text
     bad = CliRunner().invoke(main, ["embed", "--precision", "int4"], input="x\n")
     assert bad.exit_code == 2 and "int4" in bad.output
 

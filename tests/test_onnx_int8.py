@@ -97,3 +97,29 @@ def test_int8_falls_back_to_torch_and_onnx_errors_clearly_without_onnxruntime(mo
     with pytest.raises(ValueError, match="encoder models only"):
         int8_backend("int8-onnx", is_decoder=True)
     assert int8_backend("int8", is_decoder=True) == "int8-torch"
+
+
+def test_the_cpu_default_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_apply(lganna_pair, monkeypatch, mistral_dir):
+    """``auto`` (the measured CPU default): int8-onnx for an fp32 encoder; fp32 for decoders, other dtypes,
+    unmerged adapters, other devices, and without onnxruntime."""
+    import importlib.util
+
+    import torch
+
+    from lganna_rag import onnx_int8
+    from lganna_rag.encoder import CPU_DEFAULT_PRECISION, resolve_precision
+
+    fp32, int8, cache = lganna_pair
+    monkeypatch.delenv("LGANNA_PRECISION", raising=False)
+    monkeypatch.setenv("LGANNA_CACHE", str(cache))
+    assert CPU_DEFAULT_PRECISION == "auto" and resolve_precision(None, torch.device("cuda")) == "fp32"
+    default = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu")  # the export is cached by the fixture
+    assert default.precision == "int8-onnx"
+    np.testing.assert_allclose(default.encode(DOCS), int8.encode(DOCS), atol=1e-6)
+    assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", dtype="bfloat16").precision == "fp32"
+    assert LGAnnaEncoder.from_pretrained(str(mistral_dir), device="cpu").precision == "fp32"  # a decoder
+    assert int8_backend("auto", is_decoder=False) == "int8-onnx"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(onnx_int8.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert int8_backend("auto", is_decoder=False) == "fp32"

@@ -94,7 +94,7 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
         return [TeacherRecord(**r) for r in meta["records"]], meta["reranker"]
 
     doc_index = {d: i for i, d in enumerate(docs)}
-    encoder = LGAnnaEncoder.from_pretrained(cfg.dense, max_length=cfg.max_length)
+    encoder = LGAnnaEncoder.from_pretrained(cfg.dense, max_length=cfg.max_length, precision="fp32")  # exact labels
     queries = [ex.query for ex in examples]
     logger.info("teacher: dense-encoding %d queries and %d documents with %s", len(queries), len(docs), cfg.dense)
     q_vec = encoder.encode_queries(queries, batch_size=cfg.batch_size, show_progress_bar=True)
