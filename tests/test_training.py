@@ -133,6 +133,28 @@ def test_tiny_decoder_lora_last_token_export_reload_equal(tmp_path, mistral_dir)
     assert np.min((result.model.encode([t + eos for t in texts]) * enc.encode_documents(texts)).sum(1)) >= 0.9999
 
 
+def test_a_killed_run_keeps_its_wall_time_up_to_the_last_checkpoint(tmp_path, mistral_dir):
+    """wall_time.json is written with every checkpoint, so a crash (here after step 3) loses no recorded time,
+    and the resumed run's total adds to it."""
+    from transformers import TrainerCallback
+
+    from lganna_rag.training.trainer import load_config, train
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("killed")
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, base_model=str(mistral_dir))))
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(path), callbacks=[Crash()])
+    first = json.loads((tmp_path / "run" / "wall_time.json").read_text())["seconds"]
+    assert first > 0 and (tmp_path / "run" / "checkpoint-2").is_dir()
+    result = train(load_config(path))
+    assert result.summary["steps"] == 4 and result.summary["wall_time_s"] > first
+
+
 def test_7b_config_loads_and_builds_lora_on_tiny_mistral(tmp_path, mistral_dir):
     """configs/mistral-7b-lora.yaml: the paper's LoRA settings, bf16, gradient checkpointing, GradCache."""
     from lganna_rag.training.cli import resolve_config

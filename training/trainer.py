@@ -284,10 +284,23 @@ class TrainResult:
 
 class _Stop(TrainerCallback):
     """Stops with an evaluation and a checkpoint (the schedule keeps its length) after ``minutes`` of this
-    invocation or at global step ``stop_after``, so a long run can be split and resumed."""
+    invocation or at global step ``stop_after``, so a long run can be split and resumed. At every checkpoint it
+    records the run's wall time across resumes (``wall_time.json``), so a killed run keeps what it spent."""
 
-    def __init__(self, minutes: float | None, stop_after: int | None) -> None:
+    def __init__(self, minutes: float | None, stop_after: int | None, wall_path: Path, started: float) -> None:
         self.minutes, self.stop_after, self.start = minutes, stop_after, time.monotonic()
+        self.wall_path, self.started = wall_path, started
+        self.prior = json.loads(wall_path.read_text())["seconds"] if wall_path.is_file() else 0.0
+
+    def wall(self) -> float:
+        """Seconds spent on the run so far, earlier invocations included."""
+        return self.prior + time.time() - self.started
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Record the wall time with each checkpoint (rank 0)."""
+        if state.is_world_process_zero:
+            write_json(self.wall_path, {"seconds": self.wall()})
+        return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Ask the Trainer to stop when the time or the step is reached."""
@@ -355,8 +368,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
         dataloader_drop_last=True, disable_tqdm=not sys.stderr.isatty(),
     )
     train_data = DatasetDict({name: Dataset.from_dict(cols) for name, cols in prep.datasets.items()})
+    stop = _Stop(cfg.time_budget_minutes, stop_after, out / "wall_time.json", started)
     trainer = _Trainer(model=model, args=args, train_dataset=train_data, loss=loss, evaluator=evaluator,
-                       callbacks=[*(callbacks or []), _Stop(cfg.time_budget_minutes, stop_after)])
+                       callbacks=[*(callbacks or []), stop])
     rank0 = trainer.is_world_process_zero()
     checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
     start_scores = None if checkpoint else evaluator(model)
@@ -369,10 +383,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     trainer.train(resume_from_checkpoint=checkpoint)
     end_scores = evaluator(trainer.model)
     logger.info("dev after training (best checkpoint): %s", end_scores)
-    wall_path = out / "wall_time.json"  # the run's total across resumes (rank 0 writes it)
-    wall = time.time() - started + (json.loads(wall_path.read_text())["seconds"] if wall_path.is_file() else 0.0)
+    wall = stop.wall()  # the run's total across resumes (rank 0 writes it)
     if rank0:
-        write_json(wall_path, {"seconds": wall})
+        write_json(stop.wall_path, {"seconds": wall})
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
         "prompt_template": template, "instruction_task_types": cfg.instruction_task_types,
