@@ -136,8 +136,8 @@ def _speed_options(func: Callable) -> Callable:
         show_envvar=True,
         help="CPU inference precision: int8 quantizes the linear layers (faster, slightly different vectors; "
              "see benchmarks/results/int8.md): ONNX Runtime (int8-onnx) when onnxruntime is installed "
-             "(a core dependency), else PyTorch (int8-torch). Default: auto (int8-onnx for encoder models on CPU, "
-             "measured 2.48x fp32 with no quality loss; fp32 otherwise).",
+             "(pip install 'lganna-rag[onnx]'), else PyTorch (int8-torch); auto: int8-onnx where it applies, else "
+             "fp32. Default: fp32 (int8-onnx measured 1.56x fp32 texts/s, below the 1.8x bar).",
     )(run)
 
 

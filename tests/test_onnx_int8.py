@@ -99,9 +99,9 @@ def test_int8_falls_back_to_torch_and_onnx_errors_clearly_without_onnxruntime(mo
     assert int8_backend("int8", is_decoder=True) == "int8-torch"
 
 
-def test_the_cpu_default_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_apply(lganna_pair, monkeypatch, mistral_dir):
-    """``auto`` (the measured CPU default): int8-onnx for an fp32 encoder; fp32 for decoders, other dtypes,
-    unmerged adapters, other devices, and without onnxruntime."""
+def test_auto_precision_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_apply(lganna_pair, monkeypatch, mistral_dir):
+    """``auto``: int8-onnx for an fp32 encoder; fp32 for decoders, other dtypes, other devices, and without
+    onnxruntime. The CPU default stays fp32 (int8-onnx missed the 1.8x speed bar on a quiet machine)."""
     import importlib.util
 
     import torch
@@ -110,14 +110,16 @@ def test_the_cpu_default_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_ap
     from lganna_rag.encoder import CPU_DEFAULT_PRECISION, resolve_precision
 
     fp32, int8, cache = lganna_pair
-    monkeypatch.delenv("LGANNA_PRECISION", raising=False)
+    monkeypatch.setenv("LGANNA_PRECISION", "auto")
     monkeypatch.setenv("LGANNA_CACHE", str(cache))
-    assert CPU_DEFAULT_PRECISION == "auto" and resolve_precision(None, torch.device("cuda")) == "fp32"
-    default = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu")  # the export is cached by the fixture
-    assert default.precision == "int8-onnx"
-    np.testing.assert_allclose(default.encode(DOCS), int8.encode(DOCS), atol=1e-6)
+    assert CPU_DEFAULT_PRECISION == "fp32" and resolve_precision(None, torch.device("cuda")) == "fp32"
+    auto = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu")  # the export is cached by the fixture
+    assert auto.precision == "int8-onnx"
+    np.testing.assert_allclose(auto.encode(DOCS), int8.encode(DOCS), atol=1e-6)
     assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", dtype="bfloat16").precision == "fp32"
     assert LGAnnaEncoder.from_pretrained(str(mistral_dir), device="cpu").precision == "fp32"  # a decoder
+    monkeypatch.delenv("LGANNA_PRECISION")
+    assert LGAnnaEncoder.from_pretrained("minilm", device="cpu").precision == "fp32"  # the default
     assert int8_backend("auto", is_decoder=False) == "int8-onnx"
     real = importlib.util.find_spec
     monkeypatch.setattr(onnx_int8.importlib.util, "find_spec",
