@@ -427,7 +427,8 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
         adapted = load_query_encoder(base, export_dir)
         index._check_model_of(adapted)
         report.dev_mrr_adapted = mrr_at_10(dense_ranking(index, adapted, [p.query for p in dev_q]), wanted)
-        report.kept = keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base
+        # an adapter that never took a step (too few distinct pseudo-queries for one batch) equals the base: not kept
+        report.kept = report.steps > 0 and (keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base)
         if report.kept:
             say(AdaptProgress("save", message="saving the adapter with the collection"))
             name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

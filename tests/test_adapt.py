@@ -156,7 +156,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     index = Index(path, collection="docs", model="minilm")
     index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
     base = LGAnnaEncoder.from_pretrained("minilm")
-    report = index.adapt(5.0, steps=12, seed=0, keep_if_worse=True)
+    report = index.adapt(10.0, steps=12, seed=0, keep_if_worse=True)  # the budget only caps; 12 steps take ~1 min
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
     index.close()
     return {"path": path, "report": report, "base": base, "base_q": base.encode_queries(QUERIES), "chunks": chunks}
