@@ -54,7 +54,7 @@ def evaluate(index: Index, queries: dict[str, str], qrels: dict[str, dict[str, i
 
 
 def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: Path, seed: int,
-             kinds: list[str] | None = None, questions: int = 200) -> dict[str, Any]:
+             kinds: list[str] | None = None, questions: int = 200, teacher_model: str | None = None) -> dict[str, Any]:
     """Index, evaluate, adapt (with ``kinds``), evaluate again; returns the task's entry."""
     kinds = list(kinds or DEFAULT_KINDS)
     load_start = os.getloadavg()
@@ -88,7 +88,7 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
             print(f"  {p.stage} {p.step}/{p.total} {p.message}", flush=True)
 
     t0 = time.perf_counter()
-    report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, progress=show)
+    report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model, progress=show)
     adapt_s = time.perf_counter() - t0
     check_leaks(list(report.questions.values()))  # generated questions: known only now
     after = evaluate(index, data.queries, data.qrels, task) if report.kept else None
@@ -96,7 +96,7 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
     entry: dict[str, Any] = {
         "docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": after,
         "adapt": report.to_dict(), "adapt_wall_s": round(adapt_s, 1), "index_wall_s": round(index_s, 1),
-        "minutes": minutes, "seed": seed, "kinds": kinds,
+        "minutes": minutes, "seed": seed, "kinds": kinds, "teacher_model": teacher_model or model,
     }
     if "question" in kinds:
         st = report.kinds
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--both-sides", action="store_true", help="also re-embed the corpus with the adapter")
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="pseudo-query kinds (ict, heading, question)")
     ap.add_argument("--questions", type=int, default=200, help="chunks that get a generated question (question kind)")
+    ap.add_argument("--teacher-model", default=None, help="the teacher's dense model (default: --model)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adapt.json")
     args = ap.parse_args(argv)
     kinds = iter_kinds(args.kinds)
@@ -142,10 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="adapt-bench-"))
     try:
         for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-            entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed, kinds, args.questions)
+            entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed, kinds, args.questions,
+                             args.teacher_model)
             entry["environment"] = {"lganna_rag": __version__, "torch": torch.__version__,
                                     "threads": torch.get_num_threads(), "machine": platform.machine()}
-            key = f"{task}/{args.model}" + ("" if kinds == list(DEFAULT_KINDS) else "/" + "+".join(kinds))
+            key = (f"{task}/{args.model}" + ("" if kinds == list(DEFAULT_KINDS) else "/" + "+".join(kinds))
+                   + (f"/teacher-{args.teacher_model}" if args.teacher_model not in (None, args.model) else ""))
             reference = results["tasks"].get(f"{task}/{args.model}")
             if key != f"{task}/{args.model}" and reference:  # the default-kinds run of the same task, as measured
                 entry["compare_default_kinds"] = {"base": reference["base"], "adapted_query_side":

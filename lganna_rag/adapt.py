@@ -312,6 +312,7 @@ def adapt_index(
     max_length: int = 128,
     negatives: int = 2,
     reranker: str = "fusion",
+    teacher_model: str | None = None,
     steps: int | None = None,
     keep_if_worse: bool = False,
     progress: Callable[[AdaptProgress], None] | None = None,
@@ -321,7 +322,8 @@ def adapt_index(
     ``minutes`` bounds the whole run (training stops early to fit; with the ``question`` kind, writing the
     ``questions`` questions comes out of the same budget). The adapter becomes current only if it
     beats the base model on the held-out pseudo-queries (dense MRR@10), unless ``keep_if_worse``.
-    ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``steps`` fixes the
+    ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``teacher_model`` is the
+    teacher's dense model (default: the collection's own; e.g. ``mpnet``, stronger and ~5x slower). ``steps`` fixes the
     schedule's length (default: two passes over the pseudo-queries, at most 2000; time may stop it sooner).
     """
     from .models import REGISTRY
@@ -340,7 +342,8 @@ def adapt_index(
     with _adapt_lock(root):
         return _adapt(index, report, root, meta, base, t0, deadline, say, kinds=kinds, questions=questions, seed=seed,
                       max_queries=max_queries, batch_size=batch_size, lr=lr, max_length=max_length,
-                      negatives=negatives, reranker=reranker, steps=steps, keep_if_worse=keep_if_worse)
+                      negatives=negatives, reranker=reranker, teacher_model=teacher_model, steps=steps,
+                      keep_if_worse=keep_if_worse)
 
 
 @contextlib.contextmanager
@@ -362,7 +365,8 @@ def _adapt_lock(root: Path) -> Iterator[None]:
 
 def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any], base: str, t0: float,
            deadline: float, say: Callable[[AdaptProgress], None], *, kinds: Sequence[str], questions: int, seed: int, max_queries: int,
-           batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, steps: int | None, keep_if_worse: bool) -> AdaptReport:
+           batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, teacher_model: str | None,
+           steps: int | None, keep_if_worse: bool) -> AdaptReport:
     """The body of :func:`adapt_index`, under the adapt lock."""
 
     # 1. pseudo-queries from the chunks
@@ -418,7 +422,8 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
         index.backend.close()
         summary, export_dir, stopped, steps = _run_engine(
             base, base_encoder, rows, work, deadline, seed=seed, batch_size=batch_size, lr=lr, max_length=max_length,
-            negatives=negatives, reranker=reranker, n_rows=len(train_q), steps=steps, progress=say)
+            negatives=negatives, reranker=reranker, teacher_model=teacher_model, n_rows=len(train_q), steps=steps,
+            progress=say)
         report.summary, report.stopped_by_time, report.steps = summary, stopped, int(summary.get("steps", steps))
         report.train_seconds = float(summary.get("wall_time_s", 0.0))
 
@@ -454,8 +459,8 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
 
 
 def _run_engine(base: str, teacher_encoder: "LGAnnaEncoder", rows: Path, work: Path, deadline: float, *, seed: int,
-                batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, n_rows: int, steps: int | None,
-                progress: Callable[[AdaptProgress], None]) -> tuple[dict[str, Any], Path, bool, int]:
+                batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, teacher_model: str | None,
+                n_rows: int, steps: int | None, progress: Callable[[AdaptProgress], None]) -> tuple[dict[str, Any], Path, bool, int]:
     """Train a LoRA adapter with the engine on the pseudo-query rows; returns (summary, export dir, stopped, steps)."""
     try:  # the training extra, imported only here
         from lganna_rag.training.model import LoraSettings, base_directory
@@ -477,7 +482,7 @@ def _run_engine(base: str, teacher_encoder: "LGAnnaEncoder", rows: Path, work: P
         sources=[{"path": str(rows), "task": "retrieval", "name": "collection", "symmetric": False}],
         max_examples_per_source=None, dev_examples_per_source=dev_rows, dev_sts_pairs=0, leakage_check=False,
         max_length=max_length, serve_max_length=cfg_model.max_length,
-        teacher=TeacherConfig(dense=base, n_candidates=20, reranker=reranker, fusion_dense_weight=0.7),
+        teacher=TeacherConfig(dense=teacher_model or base, n_candidates=20, reranker=reranker, fusion_dense_weight=0.7),
         mining=MiningConfig(mode="adaptive", perc=0.95, k=negatives),
         steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20), eval_every=every, save_every=every,
         time_budget_minutes=None, cache_dir=str(work / "cache"), export_dir=str(work / "final"),
@@ -487,7 +492,7 @@ def _run_engine(base: str, teacher_encoder: "LGAnnaEncoder", rows: Path, work: P
                          f"trains the 'e5' template only")
     # keep the final ~10% (>= 20 s) for the last evaluation, the export and the dev comparison
     train_deadline = deadline - max(20.0, 0.1 * (deadline - time.monotonic()))
-    progress(AdaptProgress("teacher", message=f"teacher candidates (BM25 + {base}) and mined negatives; then {steps} "
+    progress(AdaptProgress("teacher", message=f"teacher candidates (BM25 + {teacher_model or base}) and mined negatives; then {steps} "
                                               f"steps at most"))
     callback = _deadline_callback(train_deadline, steps, progress)
     result = train(cfg, resume=False, callbacks=[callback])
