@@ -168,6 +168,10 @@ def _versions() -> dict[str, str]:
 
 
 def _model_label(name: str) -> str:
+    """The results file's name for a model: ``hybrid:runs/x/final`` -> ``hybrid-final`` (never the dense model's)."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in ("hybrid", "plain"):
+        return f"{prefix}-{_model_label(rest)}"
     return Path(name).name if os.sep in name or name.startswith(".") else name.replace(":", "-")
 
 

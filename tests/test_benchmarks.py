@@ -258,3 +258,14 @@ def test_index_bench_writes_every_overhead_repeat_itself(tmp_path, mistral_dir):
     assert len(runs) == 2 and all(r["files"] == 4 and r["chunks"] >= 4 for r in runs)
     rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| 4 |")]
     assert len(rows) == 2
+
+
+def test_result_file_names_keep_hybrid_and_plain_runs_apart_from_the_dense_model():
+    """``hybrid:DIR`` once wrote DIR's own file name and overwrote the dense run's results."""
+    from lganna_rag.benchmarks.quality import _model_label
+
+    assert _model_label("runs/x/final") == "final"
+    assert _model_label("hybrid:runs/x/final") == "hybrid-final"
+    assert _model_label("plain:runs/x/final") == "plain-final"
+    assert _model_label("hybrid:lganna-minilm") == "hybrid-lganna-minilm"
+    assert _model_label("minilm") == "minilm"
