@@ -124,22 +124,18 @@ def measure_quality(encoder: LGAnnaEncoder, tasks: list[str], workdir: Path) -> 
         qvecs = encoder.encode_queries(queries, task=name, batch_size=32)
         self_excluded = name == "ArguAna"
         k = 11 if self_excluded else 10
-        scores = {}
+        def top10(qid: str, hits: list[Any]) -> dict[str, float]:
+            ranked = {h.payload["doc_id"]: h.score for h in hits if not (self_excluded and h.payload["doc_id"] == qid)}
+            return dict(list(ranked.items())[:10])
+
+        runs: dict[str, dict[str, dict[str, float]]] = {}
         for mode in MODES:
-            run: dict[str, dict[str, float]] = {}
-            for qid, text, vec in zip(qids, queries, qvecs):
-                hits = index.search_by_vector(vec if mode != "sparse" else None, k,
-                                              text=text if mode != "dense" else None)
-                ranked = {h.payload["doc_id"]: h.score for h in hits if not (self_excluded and h.payload["doc_id"] == qid)}
-                run[qid] = dict(list(ranked.items())[:10])
-            scores[mode] = round(100 * ndcg_at_k(run, data.qrels, 10), 2)
+            runs[mode] = {qid: top10(qid, index.search_by_vector(vec if mode != "sparse" else None, k,
+                                                                  text=text if mode != "dense" else None))
+                          for qid, text, vec in zip(qids, queries, qvecs)}
         # What a user gets: Index.search with its default mode, the query encoded by the index itself.
-        run = {}
-        for qid, text in zip(qids, queries):
-            ranked = {h.payload["doc_id"]: h.score for h in index.search(text, k, task=name)
-                      if not (self_excluded and h.payload["doc_id"] == qid)}
-            run[qid] = dict(list(ranked.items())[:10])
-        scores["search()"] = round(100 * ndcg_at_k(run, data.qrels, 10), 2)
+        runs["search()"] = {qid: top10(qid, index.search(text, k, task=name)) for qid, text in zip(qids, queries)}
+        scores = {mode: round(100 * ndcg_at_k(run, data.qrels, 10), 2) for mode, run in runs.items()}
         index.close()
         results[name] = {**scores, "docs": len(texts), "queries": len(qids), "encode_s": round(encode_s, 1),
                          "load_s": round(load_s, 1), "bm25_avg_len": index.metadata["bm25"]["avg_len"]}
