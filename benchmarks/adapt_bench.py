@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lganna_rag.adapt import DEFAULT_KINDS, iter_kinds, make_pseudo_queries, words
+from lganna_rag.adapt import DEFAULT_KINDS, AdaptError, iter_kinds, make_pseudo_queries, words
 from lganna_rag.index import Index
 
 from .tasks import load_retrieval, ndcg_at_k
@@ -88,7 +88,16 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
             print(f"  {p.stage} {p.step}/{p.total} {p.message}", flush=True)
 
     t0 = time.perf_counter()
-    report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model, progress=show)
+    try:
+        report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model,
+                             progress=show)
+    except AdaptError as exc:  # e.g. no usable pseudo-query: recorded, and the search stays the base model's
+        print(f"{task}: adapt refused: {exc}", flush=True)
+        index.close()
+        return {"docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": None,
+                "adapt_error": str(exc), "adapt_wall_s": round(time.perf_counter() - t0, 1),
+                "index_wall_s": round(index_s, 1), "minutes": minutes, "seed": seed, "kinds": kinds,
+                "teacher_model": teacher_model or model, "task_wall_s": round(time.perf_counter() - t_task, 1)}
     adapt_s = time.perf_counter() - t0
     check_leaks(list(report.questions.values()))  # generated questions: known only now
     after = evaluate(index, data.queries, data.qrels, task) if report.kept else None

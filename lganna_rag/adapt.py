@@ -122,6 +122,20 @@ def is_near_copy(query: str, chunk: str, max_cover: float = NEAR_COPY) -> bool:
     return len(words(query)) < 3 or not c or len(q & c) / len(c) >= max_cover
 
 
+def _too_few_message(collection: str, usable: int, n_chunks: int, needed: int, kinds: Sequence[str],
+                     stats: dict[str, Any]) -> str:
+    """Why a collection gave too few pseudo-queries, and what to do about it."""
+    made = ", ".join(f"{k} {stats.get(k, 0)}" for k in kinds)
+    msg = (f"collection {collection!r} gives {usable} usable pseudo-queries from {n_chunks} chunks (made: {made}; "
+           f"dropped as near-copies of their chunk: {stats.get('near_copy', 0)}, shared by several chunks: "
+           f"{stats.get('duplicate', 0)}); adapt needs at least {needed}.")
+    if "question" not in kinds and stats.get("near_copy", 0) >= n_chunks // 2:
+        return msg + (" Its chunks are mostly a single sentence with no title or heading, which the cheap kinds cannot "
+                      "turn into a query (the sentence is the whole chunk): add written questions with --kinds "
+                      "ict,heading,question, or index longer passages.")
+    return msg + " Index more text, or add --kinds question."
+
+
 def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds: Sequence[str] = DEFAULT_KINDS,
                         seed: int = 0, min_words: int = 4, max_words: int = 64, *, questions: int = QUESTIONS,
                         writer: Callable[..., list[str | None]] | None = None,
@@ -389,8 +403,7 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
                              f"budget; give more --minutes or fewer --questions")
     train_q, dev_q = split_dev(queries, seed=seed)
     if len(train_q) < 2 * batch_size or len(dev_q) < 5:
-        raise AdaptError(f"collection {index.collection!r} gives {len(queries)} usable pseudo-queries from "
-                         f"{len(chunks)} chunks; adapt needs at least {2 * batch_size + 5}: index more text first")
+        raise AdaptError(_too_few_message(index.collection, len(queries), len(chunks), 2 * batch_size + 5, kinds, stats))
     rng = random.Random(seed)
     rng.shuffle(train_q)
     if len(train_q) > max_queries:  # one query per chunk first, so the teacher's pool covers most chunks

@@ -277,3 +277,21 @@ def test_adapt_needs_a_local_store_and_a_trainable_model(tmp_path: Path) -> None
         index.add_texts(["one text about tea", "another text about probes"])
         with pytest.raises(AdaptError, match="static token table"):
             index.adapt(1.0)
+
+
+def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_path: Path) -> None:
+    """A collection of one-sentence chunks without titles (as NPL's abstracts) gives no cheap pseudo-query:
+    adapt says why and what to do, before any training, and leaves the collection as it was."""
+    from lganna_rag import Index
+
+    rays = ["cosmic", "solar", "radio", "ionospheric", "auroral", "geomagnetic", "thermal", "ultraviolet"]
+    places = ["equator", "polar cap", "mid latitudes", "magnetosphere", "lower atmosphere", "upper atmosphere"]
+    texts = [f"Measured {r} emission intensity over the {p} during observing season {y}."
+             for r in rays for p in places for y in (1961, 1962)]  # 96 distinct one-sentence abstracts
+    with Index(tmp_path / "s", collection="abstracts", model="minilm") as index:
+        index.add_texts(texts)
+        before = [h.id for h in index.search("radio emission over the equator", k=5)]
+        with pytest.raises(AdaptError, match=r"single sentence.*--kinds ict,heading,question") as err:
+            index.adapt(1.0)
+        assert "from 96 chunks" in str(err.value) and "near-copies of their chunk: 96" in str(err.value)
+        assert index.adapter is None and [h.id for h in index.search("radio emission over the equator", k=5)] == before
