@@ -290,8 +290,11 @@ def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_p
              for r in rays for p in places for y in (1961, 1962)]  # 96 distinct one-sentence abstracts
     with Index(tmp_path / "s", collection="abstracts", model="minilm") as index:
         index.add_texts(texts)
-        before = [h.id for h in index.search("radio emission over the equator", k=5)]
+        query = ["radio emission over the equator"]
+        before = index.query_encoder.encode_queries(query)
         with pytest.raises(AdaptError, match=r"single sentence.*--kinds ict,heading,question") as err:
             index.adapt(1.0)
         assert "from 96 chunks" in str(err.value) and "near-copies of their chunk: 96" in str(err.value)
-        assert index.adapter is None and [h.id for h in index.search("radio emission over the equator", k=5)] == before
+        assert index.adapter is None  # near-identical abstracts tie in search, so compare the query vectors
+        np.testing.assert_array_equal(index.query_encoder.encode_queries(query), before)
+        assert index.search(query[0], k=1)[0].text.startswith("Measured radio emission intensity over the equator")
