@@ -87,6 +87,11 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
                 or (p.stage == "questions" and p.step == p.total)):
             print(f"  {p.stage} {p.step}/{p.total} {p.message}", flush=True)
 
+    entry: dict[str, Any] = {
+        "docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": None,
+        "index_wall_s": round(index_s, 1), "minutes": minutes, "seed": seed, "kinds": kinds,
+        "teacher_model": teacher_model or model,
+    }
     t0 = time.perf_counter()
     try:
         report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model,
@@ -94,19 +99,14 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
     except AdaptError as exc:  # e.g. no usable pseudo-query: recorded, and the search stays the base model's
         print(f"{task}: adapt refused: {exc}", flush=True)
         index.close()
-        return {"docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": None,
-                "adapt_error": str(exc), "adapt_wall_s": round(time.perf_counter() - t0, 1),
-                "index_wall_s": round(index_s, 1), "minutes": minutes, "seed": seed, "kinds": kinds,
-                "teacher_model": teacher_model or model, "task_wall_s": round(time.perf_counter() - t_task, 1)}
-    adapt_s = time.perf_counter() - t0
+        entry.update(adapt_error=str(exc), adapt_wall_s=round(time.perf_counter() - t0, 1),
+                     task_wall_s=round(time.perf_counter() - t_task, 1))
+        return entry
+    entry["adapt_wall_s"] = round(time.perf_counter() - t0, 1)
     check_leaks(list(report.questions.values()))  # generated questions: known only now
-    after = evaluate(index, data.queries, data.qrels, task) if report.kept else None
-    print(f"{task} adapted (query side): {after}; {report.to_dict()}", flush=True)
-    entry: dict[str, Any] = {
-        "docs": len(texts), "queries": len(data.queries), "base": before, "adapted_query_side": after,
-        "adapt": report.to_dict(), "adapt_wall_s": round(adapt_s, 1), "index_wall_s": round(index_s, 1),
-        "minutes": minutes, "seed": seed, "kinds": kinds, "teacher_model": teacher_model or model,
-    }
+    entry["adapted_query_side"] = evaluate(index, data.queries, data.qrels, task) if report.kept else None
+    entry["adapt"] = report.to_dict()
+    print(f"{task} adapted (query side): {entry['adapted_query_side']}; {entry['adapt']}", flush=True)
     if "question" in kinds:
         st = report.kinds
         entry["questions"] = {
