@@ -133,7 +133,7 @@ def _too_few_message(collection: str, usable: int, n_chunks: int, needed: int, k
         return msg + (" Its chunks are mostly a single sentence with no title or heading, which the cheap kinds cannot "
                       "turn into a query (the sentence is the whole chunk): add written questions with --kinds "
                       "ict,heading,question, or index longer passages.")
-    return msg + " Index more text, or add --kinds question."
+    return msg + (" Index more text." if "question" in kinds else " Index more text, or add --kinds question.")
 
 
 def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds: Sequence[str] = DEFAULT_KINDS,
