@@ -49,20 +49,23 @@ def bench(threads: int | None) -> None:
               help="Comma-separated: bm25, minilm, wordllama, hybrid[:DENSE], a registered name or a model directory.")
 @click.option("--tasks", default=None, help="Comma-separated task folders or MTEB names (default: all shared tasks).")
 @click.option("--quick", is_flag=True, help="Small deterministic slice of one task per type (smoke test, ~1-2 min).")
+@click.option("--dev", is_flag=True, help="The dev/validation splits of the tasks that have one, never a test split "
+              "(for choosing a model); writes <out>/<model>.dev.json.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 @click.option("--no-report", is_flag=True, help="Do not rewrite leaderboard.md and the plots.")
-def quality_cmd(models: str, tasks: str | None, quick: bool, batch_size: int, out_dir: Path, no_report: bool) -> None:
+def quality_cmd(models: str, tasks: str | None, quick: bool, dev: bool, batch_size: int, out_dir: Path,
+                no_report: bool) -> None:
     """Score models with mteb's evaluators on every shared task; writes <out>/<model>.json."""
     from .quality import run_quality
     from .report import write_report
 
     try:
-        run_quality(_split(models) or [], _split(tasks), quick=quick, out_dir=out_dir, batch_size=batch_size,
-                    progress=click.echo)
-    except (KeyError, FileNotFoundError, OSError) as exc:
+        run_quality(_split(models) or [], _split(tasks), quick=quick, dev=dev, out_dir=out_dir,
+                    batch_size=batch_size, progress=click.echo)
+    except (KeyError, FileNotFoundError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if not quick and not no_report:
+    if not quick and not dev and not no_report:
         click.echo(f"report: {write_report(out_dir)}")
 
 

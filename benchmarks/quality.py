@@ -20,6 +20,7 @@ from typing import Any, Callable
 from lganna_rag.data import data_dir
 
 from .tasks import (
+    DEV_TASKS,
     SHARED_TASKS,
     RetrievalData,
     SharedTask,
@@ -108,22 +109,22 @@ def build_task(task: SharedTask, limits: dict[str, int] | None = None, root: Pat
 
     kind = task.task_type
     if kind == "retrieval":
-        data = load_retrieval(task.folder, root=root)
+        data = load_retrieval(task.folder, split=task.split, root=root)
         if "queries" in limits:
             data = limit_retrieval(data, limits["queries"], limits.get("docs", 1000))
         dataset: Any = {"test": _retrieval_split(data, reranking=False)}
     elif kind == "reranking":
-        dataset = {"test": _retrieval_split(load_reranking(folder, limit), reranking=True)}
+        dataset = {"test": _retrieval_split(load_reranking(folder, limit, task.split), reranking=True)}
     elif kind == "sts":
-        dataset = DatasetDict({"test": Dataset.from_dict(load_pairs(folder, "score", limit))})
+        dataset = DatasetDict({"test": Dataset.from_dict(load_pairs(folder, "score", limit, task.split))})
     elif kind == "pair_classification":
-        pairs = load_pairs(folder, "label", limit)
+        pairs = load_pairs(folder, "label", limit, task.split)
         dataset = DatasetDict({"test": Dataset.from_dict({
             obj.input1_column_name: pairs["sentence1"], obj.input2_column_name: pairs["sentence2"],
             obj.label_column_name: [int(x) for x in pairs["label"]],
         })})
     elif kind == "classification":
-        splits = load_classification(folder, limit)
+        splits = load_classification(folder, limit, task.split)
         dataset = DatasetDict({name: Dataset.from_dict(cols) for name, cols in splits.items()})
     elif kind == "clustering":
         dataset = DatasetDict({"test": Dataset.from_dict(load_clustering(folder, limit))})
@@ -180,6 +181,7 @@ def run_quality(
     tasks: list[str] | None = None,
     *,
     quick: bool = False,
+    dev: bool = False,
     out_dir: Path = RESULTS_DIR,
     batch_size: int = 32,
     cache_dir: Path | None = None,
@@ -187,12 +189,15 @@ def run_quality(
 ) -> dict[str, dict[str, Any]]:
     """Score each model on each task; writes ``<out_dir>/<model>.json`` after every task and returns all results.
 
-    ``quick`` runs :data:`QUICK_TASKS` (small deterministic slices) and writes ``<model>.quick.json``.
+    ``quick`` runs :data:`QUICK_TASKS` (small deterministic slices) and writes ``<model>.quick.json``; ``dev`` runs
+    :data:`DEV_TASKS` (dev/validation splits, for choosing models without reading a test split) into ``<model>.dev.json``.
     """
     from .models import DEFAULT_CACHE, SEARCH_ONLY, load_model
 
+    if quick and dev:
+        raise ValueError("--quick and --dev are different task sets: choose one")
     selected = [shared_task(t) for t in tasks] if tasks else (
-        [shared_task(t) for t in QUICK_TASKS] if quick else list(SHARED_TASKS)
+        [shared_task(t) for t in QUICK_TASKS] if quick else list(DEV_TASKS if dev else SHARED_TASKS)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     all_results = {}
@@ -200,10 +205,10 @@ def run_quality(
         label = _model_label(name)
         model = load_model(name, cache_dir=cache_dir or DEFAULT_CACHE)
         result: dict[str, Any] = {
-            "model": name, "quick": quick, "versions": _versions(),
+            "model": name, "quick": quick, "dev": dev, "versions": _versions(),
             "fingerprint": getattr(model, "fingerprint", None), "tasks": {},
         }
-        path = out_dir / f"{label}{'.quick' if quick else ''}.json"
+        path = out_dir / f"{label}{'.quick' if quick else '.dev' if dev else ''}.json"
         started = time.perf_counter()
         for task in selected:
             if name.split(":")[0] in SEARCH_ONLY and task.task_type not in ("retrieval", "reranking"):
@@ -211,10 +216,10 @@ def run_quality(
             limits = QUICK_TASKS.get(task.folder) if quick else None
             entry = evaluate_task(model, task, limits, batch_size)
             entry["data_fingerprint"] = data_fingerprint(data_dir() / task.folder)
-            result["tasks"][task.folder] = entry
+            result["tasks"][task.key] = entry
             result["wall_s"] = round(time.perf_counter() - started, 1)
             path.write_text(json.dumps(result, indent=2) + "\n")
-            progress(f"{label:>12} {task.folder:<30} {entry['main_metric']:<16} {entry['main_score']:6.2f}  ({entry['wall_s']:.0f}s)")
+            progress(f"{label:>12} {task.key:<30} {entry['main_metric']:<16} {entry['main_score']:6.2f}  ({entry['wall_s']:.0f}s)")
         all_results[label] = result
     return all_results
 

@@ -17,13 +17,14 @@ _ORDER = ["lganna-minilm", "lganna-mini", "minilm", "wordllama", "bm25", "hybrid
 
 
 def load_quality_results(out_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """Full (not ``--quick``) quality results by model label."""
+    """Full test-split quality results by model label (not ``--quick`` slices, not ``--dev`` selection runs)."""
     results = {}
     for path in sorted(out_dir.glob("*.json")):
-        if path.name.endswith(".quick.json"):
+        if path.name.endswith((".quick.json", ".dev.json")):
             continue
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "tasks" in data and not data.get("quick") and _is_quality(data):
+        if (isinstance(data, dict) and "tasks" in data and not data.get("quick") and not data.get("dev")
+                and _is_quality(data)):
             results[path.stem] = data
     return dict(sorted(results.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] in _ORDER else 99, kv[0])))
 

@@ -74,6 +74,28 @@ def load_retrieval(name: str, split: str = "test", root: Path | None = None) -> 
     return RetrievalData(name, corpus, queries, qrels)
 
 
+def load_training_collection(name: str, n_docs: int = 3000, n_queries: int = 200,
+                             root: Path | None = None) -> RetrievalData:
+    """A retrieval set made from a training file (``train/<name>.jsonl``: query, positive), for choosing settings on
+    a collection that is never reported: the distinct positives of the first ``n_docs`` rows are the corpus, the
+    questions of ``n_queries`` of those rows (evenly spaced) the queries, each relevant to its own positive."""
+    path = (root or data_dir()) / "train" / f"{name}.jsonl"
+    rows = list(read_jsonl(path, required=("query", "positive")))[:n_docs]
+    if not rows:
+        raise DataFormatError(f"{path}: no rows")
+    corpus: dict[str, dict[str, str]] = {}
+    ids: dict[str, str] = {}
+    for row in rows:
+        if row["positive"] not in ids:
+            ids[row["positive"]] = f"d{len(ids)}"
+            corpus[ids[row["positive"]]] = {"title": "", "text": row["positive"]}
+    queries, qrels = {}, {}
+    for i, row in enumerate(spread(rows, n_queries)):
+        queries[f"q{i}"] = row["query"]
+        qrels[f"q{i}"] = {ids[row["positive"]]: 1}
+    return RetrievalData(f"train:{name}", corpus, queries, qrels)
+
+
 def ndcg_at_k(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k: int = 10) -> float:
     """Mean nDCG@k over the queries of ``qrels`` (trec_eval gains: the graded score; unretrieved queries count 0).
 
@@ -105,11 +127,17 @@ class SharedTask:
     mteb_name: str | None = None
     subset: str = "default"
     note: str = ""
+    split: str = "test"  # the file scored (``dev``/``validation`` for DEV_TASKS); classifiers always train on ``train``
 
     @property
     def name(self) -> str:
         """The MTEB task name, or the folder name for tasks MTEB does not have."""
         return self.mteb_name or self.folder
+
+    @property
+    def key(self) -> str:
+        """The task's name in result files: the folder, ``folder@split`` for a dev-split task."""
+        return self.folder if self.split == "test" else f"{self.folder}@{self.split}"
 
 
 SHARED_TASKS: tuple[SharedTask, ...] = (
@@ -151,12 +179,26 @@ SHARED_TASKS: tuple[SharedTask, ...] = (
 )
 
 
+#: The evaluation tasks whose data has a dev or validation split, scored on that split: a model-selection suite
+#: that never reads a test split (``lganna-rag bench quality --dev``). TwitterSemEval2015's dev split is left out
+#: because it is a training source (``train/pit2015_dev.jsonl``); the retrieval sets have no dev split.
+DEV_TASKS: tuple[SharedTask, ...] = (
+    SharedTask("WikiQA", "reranking", split="dev", note="WikiQA dev, 122 queries"),
+    SharedTask("STSBenchmark", "sts", "STSBenchmark", split="dev"),
+    SharedTask("AmazonCounterfactual", "classification", "AmazonCounterfactualClassification", subset="en",
+               split="validation"),
+    SharedTask("SST2", "classification", split="validation", note="SST-2 dev"),
+    SharedTask("Clinc150", "classification", split="validation", note="CLINC150 validation"),
+)
+
+
 def shared_task(name: str) -> SharedTask:
-    """Look a shared task up by folder or MTEB name (case-insensitive)."""
-    for task in SHARED_TASKS:
-        if name.lower() in (task.folder.lower(), task.name.lower()):
+    """Look a shared task up by folder or MTEB name (case-insensitive), or a dev task by ``folder@split``."""
+    for task in (*SHARED_TASKS, *DEV_TASKS):
+        if name.lower() in (task.key.lower(), task.name.lower() if task.split == "test" else task.key.lower()):
             return task
-    raise KeyError(f"unknown task {name!r}; known: {', '.join(t.folder for t in SHARED_TASKS)}")
+    known = ", ".join(t.key for t in (*SHARED_TASKS, *DEV_TASKS))
+    raise KeyError(f"unknown task {name!r}; known: {known}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,21 +220,22 @@ def _rows(path: Path, required: tuple[str, ...], limit: int | None = None) -> li
     return spread(rows, limit)
 
 
-def load_pairs(folder: Path, label_key: str, limit: int | None = None) -> dict[str, list]:
-    """STS (``score``) or pair-classification (``label``) pairs from ``test.jsonl``."""
-    rows = _rows(folder / "test.jsonl", ("sentence1", "sentence2", label_key), limit)
+def load_pairs(folder: Path, label_key: str, limit: int | None = None, split: str = "test") -> dict[str, list]:
+    """STS (``score``) or pair-classification (``label``) pairs from ``<split>.jsonl``."""
+    rows = _rows(folder / f"{split}.jsonl", ("sentence1", "sentence2", label_key), limit)
     for lineno, row in enumerate(rows, 1):
         if not isinstance(row[label_key], (int, float)):
-            raise DataFormatError(f"{folder / 'test.jsonl'}:{lineno}: {label_key} must be a number, got {row[label_key]!r}")
+            raise DataFormatError(f"{folder / f'{split}.jsonl'}:{lineno}: {label_key} must be a number, got {row[label_key]!r}")
     return {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", label_key)}
 
 
-def load_classification(folder: Path, limit: int | None = None) -> dict[str, dict[str, list]]:
-    """``train`` and ``test`` splits of ``{"text", "label"}`` rows (labels kept as given; ``limit`` caps test, 5x that train)."""
+def load_classification(folder: Path, limit: int | None = None, split: str = "test") -> dict[str, dict[str, list]]:
+    """``train`` and ``test`` splits of ``{"text", "label"}`` rows, ``test`` read from ``<split>.jsonl`` (labels kept
+    as given; ``limit`` caps test, 5x that train)."""
     out = {}
-    for split in ("train", "test"):
-        rows = _rows(folder / f"{split}.jsonl", ("text", "label"), limit if split == "test" else (limit and 5 * limit))
-        out[split] = {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}
+    for name, file in (("train", "train"), ("test", split)):
+        rows = _rows(folder / f"{file}.jsonl", ("text", "label"), limit if name == "test" else (limit and 5 * limit))
+        out[name] = {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}
     return out
 
 
@@ -208,9 +251,10 @@ def load_clustering(folder: Path, limit: int | None = None) -> dict[str, list]:
     }
 
 
-def load_reranking(folder: Path, limit: int | None = None) -> RetrievalData:
-    """Reranking rows ``{"query", "positive": [...], "negative": [...]}`` as a retrieval task over each query's candidates."""
-    rows = _rows(folder / "test.jsonl", ("query", "positive", "negative"), limit)
+def load_reranking(folder: Path, limit: int | None = None, split: str = "test") -> RetrievalData:
+    """Reranking rows ``{"query", "positive": [...], "negative": [...]}`` of ``<split>.jsonl`` as a retrieval task
+    over each query's candidates."""
+    rows = _rows(folder / f"{split}.jsonl", ("query", "positive", "negative"), limit)
     corpus: dict[str, dict[str, str]] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}

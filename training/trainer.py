@@ -37,7 +37,7 @@ from lganna_rag.encoder import _is_decoder
 from lganna_rag.models import REGISTRY
 from lganna_rag.prompts import Task, render_query, uses_instruction
 
-from .data import SOURCES, Example, ExamplePool, check_leakage, icl_count, load_examples, source, write_json
+from .data import SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source, write_json
 from .losses import LGAnnaLoss
 from .model import LoraSettings, base_directory, build_model, export, task_prefix
 from .teachers import TeacherConfig, build_teacher_labels, mine_negatives
@@ -165,6 +165,21 @@ class Style:
         return task_prefix(task, self.template or "e5") or ""
 
 
+def split_rows(cfg: TrainConfig, sources: list[Source], rng: random.Random,
+               root: Path | None = None) -> dict[str, tuple[list[Example], list[Example], list[Example]]]:
+    """Per source: its (dev, train, unused) rows. Each source's rows are shuffled by ``rng`` in turn, the first
+    ``dev_examples_per_source`` are dev, the next ``max_examples_per_source`` train; the rest are never trained on
+    (held-out data for :mod:`lganna_rag.training.select`)."""
+    out = {}
+    for src in sources:
+        rows = load_examples(src, root, seed=cfg.seed)
+        rng.shuffle(rows)
+        n_dev = cfg.dev_examples_per_source
+        cut = n_dev + cfg.max_examples_per_source if cfg.max_examples_per_source else len(rows)
+        out[src.name] = (rows[:n_dev], rows[n_dev:cut], rows[cut:])
+    return out
+
+
 def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepared:
     """Leakage check, examples, dev split, teacher labels (cached) and mined negatives with their scores."""
     sources = [source(s) for s in cfg.sources]
@@ -176,12 +191,9 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     rng = random.Random(cfg.seed)
     train: list[Example] = []
     dev: list[Example] = []
-    for src in sources:
-        rows = load_examples(src, root, seed=cfg.seed)
-        rng.shuffle(rows)
-        dev += rows[: cfg.dev_examples_per_source]
-        rows = rows[cfg.dev_examples_per_source:]
-        train += rows[: cfg.max_examples_per_source] if cfg.max_examples_per_source else rows
+    for src_dev, src_train, _ in split_rows(cfg, sources, rng, root).values():
+        dev += src_dev
+        train += src_train
     if not train:
         raise ValueError("no training rows: check the configured sources")
     tasks = {src.name: src.task for src in sources}
