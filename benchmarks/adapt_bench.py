@@ -14,6 +14,9 @@ throughput, a sample of the questions, and the ict+heading entry of the same tas
 check that no pseudo-query equals a test query then covers the generated questions too (after adapt,
 before anything is written). The machine's load average is recorded: these numbers come from a shared CPU.
 
+Settings are chosen on ``train:SOURCE`` sets (:func:`~lganna_rag.benchmarks.tasks.load_training_collection`: a
+training file's passages as the corpus and its real questions as queries), never on the reported sets' queries.
+
 Run: ``python -m lganna_rag.benchmarks.adapt_bench --tasks Cranfield --minutes 8 [--both-sides]``;
 ``... --kinds question --questions 200 --minutes 12``.
 Writes ``benchmarks/results/adapt.json`` (one entry per task, model and non-default kinds; replaced on rerun).
@@ -34,7 +37,7 @@ from typing import Any
 from lganna_rag.adapt import DEFAULT_KINDS, AdaptError, iter_kinds, make_pseudo_queries, words
 from lganna_rag.index import Index
 
-from .tasks import load_retrieval, ndcg_at_k
+from .tasks import load_retrieval, load_training_collection, ndcg_at_k
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,16 +57,18 @@ def evaluate(index: Index, queries: dict[str, str], qrels: dict[str, dict[str, i
 
 
 def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: Path, seed: int,
-             kinds: list[str] | None = None, questions: int = 200, teacher_model: str | None = None) -> dict[str, Any]:
+             kinds: list[str] | None = None, questions: int = 200, teacher_model: str | None = None,
+             lr: float | None = None) -> dict[str, Any]:
     """Index, evaluate, adapt (with ``kinds``), evaluate again; returns the task's entry."""
     kinds = list(kinds or DEFAULT_KINDS)
     load_start = os.getloadavg()
     t_task = time.perf_counter()
-    data = load_retrieval(task)
+    data = load_training_collection(task.split(":", 1)[1]) if task.startswith("train:") else load_retrieval(task)
     ids, texts = data.document_texts()
     titles = [{"title": data.corpus[i].get("title") or ""} for i in ids]
     t0 = time.perf_counter()
-    index = Index(workdir / "store", collection=task.lower(), model=model, recreate=True)
+    collection = task.lower().replace(":", "-")
+    index = Index(workdir / "store", collection=collection, model=model, recreate=True)
     index.add_texts(texts, metadatas=titles, ids=ids)
     index_s = time.perf_counter() - t0
     before = evaluate(index, data.queries, data.qrels, task)
@@ -95,7 +100,7 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
     t0 = time.perf_counter()
     try:
         report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model,
-                             progress=show)
+                             progress=show, **({"lr": lr} if lr else {}))
     except AdaptError as exc:  # e.g. no usable pseudo-query: recorded, and the search stays the base model's
         print(f"{task}: adapt refused: {exc}", flush=True)
         index.close()
@@ -118,7 +123,7 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
     if both_sides and report.kept:
         encoder = index.query_encoder
         t0 = time.perf_counter()
-        both = Index(workdir / "store", collection=task.lower() + "-both", encoder=encoder, recreate=True)
+        both = Index(workdir / "store", collection=collection + "-both", encoder=encoder, recreate=True)
         both.add_texts(texts, metadatas=titles, ids=ids)
         entry["reembed_wall_s"] = round(time.perf_counter() - t0, 1)
         entry["adapted_both_sides"] = evaluate(both, data.queries, data.qrels, task)
@@ -134,7 +139,8 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
 def main(argv: list[str] | None = None) -> None:
     """Command line: measure and write ``benchmarks/results/adapt.json``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="Cranfield", help="comma-separated shared retrieval sets")
+    ap.add_argument("--tasks", default="Cranfield", help="comma-separated shared retrieval sets, or train:SOURCE for a "
+                    "set made from a training file (never reported: for choosing settings), e.g. train:medquad")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="pseudo-query kinds (ict, heading, question)")
     ap.add_argument("--questions", type=int, default=200, help="chunks that get a generated question (question kind)")
     ap.add_argument("--teacher-model", default=None, help="the teacher's dense model (default: --model)")
+    ap.add_argument("--lr", type=float, default=None, help="adapt's learning rate (default: adapt's own)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adapt.json")
     args = ap.parse_args(argv)
     kinds = iter_kinds(args.kinds)
@@ -153,11 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
             entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed, kinds, args.questions,
-                             args.teacher_model)
+                             args.teacher_model, args.lr)
             entry["environment"] = {"lganna_rag": __version__, "torch": torch.__version__,
                                     "threads": torch.get_num_threads(), "machine": platform.machine()}
             key = (f"{task}/{args.model}" + ("" if kinds == list(DEFAULT_KINDS) else "/" + "+".join(kinds))
-                   + (f"/teacher-{args.teacher_model}" if args.teacher_model not in (None, args.model) else ""))
+                   + (f"/teacher-{args.teacher_model}" if args.teacher_model not in (None, args.model) else "")
+                   + (f"/lr-{args.lr:g}" if args.lr else ""))
             reference = results["tasks"].get(f"{task}/{args.model}")
             if key != f"{task}/{args.model}" and reference:  # the default-kinds run of the same task, as measured
                 entry["compare_default_kinds"] = {"base": reference["base"], "adapted_query_side":

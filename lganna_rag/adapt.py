@@ -275,21 +275,38 @@ def _lora_targets(base_dir: str) -> list[str]:
     return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _deadline_callback(deadline: float, steps: int, progress: Callable[[AdaptProgress], None] | None) -> Any:
+def _deadline_callback(deadline: float, steps: int, progress: Callable[[AdaptProgress], None] | None,
+                       clock: Callable[[], float] = time.monotonic) -> Any:
+    """A Trainer callback: progress, the stop at ``deadline`` (a ``clock`` time) and the clock-aware schedule."""
     from transformers import TrainerCallback
 
     class Deadline(TrainerCallback):
-        """Stops training (evaluating and saving first) at the wall-clock deadline; reports progress."""
+        """Stops training (evaluating and saving first) at the wall-clock deadline; reports progress. The learning
+        rate follows the clock as well as the step count: after warmup it falls linearly to zero by the deadline or
+        by the last step, whichever comes first, so a time-boxed run ends annealed instead of at its peak rate."""
 
         stopped = False
         loss: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kw: Any) -> None:
+            if lr_scheduler is None or not hasattr(lr_scheduler, "lr_lambdas"):
+                return
+            start, warm = clock(), max(1, args.warmup_steps)
+            span = max(1.0, deadline - start)
+
+            def clock_and_steps(step: int) -> float:
+                by_steps = max(0.0, (steps - step) / max(1, steps - warm))
+                by_clock = max(0.0, (deadline - clock()) / span)
+                return min(1.0, (step + 1) / warm) * min(1.0, by_steps, by_clock)
+
+            lr_scheduler.lr_lambdas = [clock_and_steps] * len(lr_scheduler.lr_lambdas)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 self.loss = float(logs["loss"])
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            left = deadline - time.monotonic()
+            left = deadline - clock()
             if progress:
                 progress(AdaptProgress("train", state.global_step, steps, self.loss, max(0.0, left)))
             if left <= 0 and state.global_step < steps:

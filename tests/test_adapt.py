@@ -298,3 +298,35 @@ def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_p
         assert index.adapter is None  # near-identical abstracts tie in search, so compare the query vectors
         np.testing.assert_array_equal(index.query_encoder.encode_queries(query), before)
         assert index.search(query[0], k=1)[0].text.startswith("Measured radio emission intensity over the equator")
+
+
+def test_the_learning_rate_anneals_to_zero_by_the_deadline_not_by_the_planned_last_step() -> None:
+    """A time-boxed adapt stops long before its planned steps; its rate must still reach zero by the deadline."""
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.optimization import get_linear_schedule_with_warmup
+
+    from lganna_rag.adapt import _deadline_callback
+
+    now = [100.0]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=1000)
+    callback = _deadline_callback(deadline=200.0, steps=1000, progress=None, clock=lambda: now[0])
+    args = TrainingArguments(output_dir="unused", warmup_steps=5, learning_rate=1e-3, report_to=[])
+    callback.on_train_begin(args, TrainerState(), TrainerControl(), lr_scheduler=sched)
+    rates = []
+    for step in range(1, 41):  # 40 steps of 2.5 s: the 100 s budget ends at step 40 of the 1000 planned
+        now[0] += 2.5
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates[3] == pytest.approx(1e-3 * 5 / 5 * (1 - 10 / 100))  # warmup done by step 5, 10 s of 100 gone
+    assert max(rates) < 1e-3 and rates[-1] == 0.0  # annealed: zero at the deadline
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))  # falling after warmup
+    # the step-based schedule alone would still be at ~96% of the peak here
+    plain_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    plain = get_linear_schedule_with_warmup(plain_opt, 5, 1000)
+    for _ in range(40):
+        plain_opt.step()
+        plain.step()
+    assert plain.get_last_lr()[0] > 0.95e-3
