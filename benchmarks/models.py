@@ -59,6 +59,9 @@ class CachedLGAnnaModel(LGAnnaMTEBModel):
         self.cache_dir = cache_dir
         source = Path(getattr(self.encoder.model, "name_or_path", "") or ".")
         weights = file_fingerprint(source) if source.is_dir() else self.encoder.name
+        adapter = getattr(self.encoder, "adapter_dir", None)  # the base's name_or_path does not tell adapters apart
+        if adapter is not None:
+            weights += "+" + file_fingerprint(adapter)
         settings = json.dumps(self.encoder.config.to_dict(), sort_keys=True)
         self.fingerprint = _digest(weights, settings, str(self.encoder.dimension))[:16]
         self.hits = 0

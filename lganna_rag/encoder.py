@@ -210,6 +210,8 @@ class LGAnnaEncoder:
         self.is_decoder = is_decoder
         #: ``fp32``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a model passed in is taken as it is).
         self.precision = "fp32"
+        #: The PEFT adapter directory merged into (or applied to) the base weights by :meth:`from_pretrained`.
+        self.adapter_dir: Path | None = None
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if config.append_eos and eos is None:
             raise ValueError(f"model {name!r}: append_eos is set but the tokenizer has no EOS token")
@@ -333,6 +335,7 @@ class LGAnnaEncoder:
             model = load_int8(model, pad_id=pad if pad is not None else 0)
         encoder = cls(model, tokenizer, config, name=name, is_decoder=is_decoder)
         encoder.precision = chosen
+        encoder.adapter_dir = adapter_dir
         return encoder
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

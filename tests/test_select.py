@@ -103,3 +103,21 @@ def test_training_collections_pair_real_questions_with_their_passages(data_root)
     for qid, rels in data.qrels.items():
         (doc,) = rels
         assert data.corpus[doc]["text"]  # each question's own passage is in the corpus
+
+
+def test_benchmark_cache_tells_adapters_with_the_same_config_apart(tmp_path, shipped):
+    """Two adapters over the same base with identical JSON files must not share cached embeddings."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from lganna_rag.benchmarks.models import CachedLGAnnaModel
+
+    other = tmp_path / "other"
+    shutil.copytree(shipped, other)
+    weights = load_file(str(shipped / "adapter_model.safetensors"))
+    save_file({k: v * 0.5 if ".lora_B." in k else v for k, v in weights.items()}, str(other / "adapter_model.safetensors"))
+    a = CachedLGAnnaModel(str(shipped), cache_dir=tmp_path / "cache")
+    b = CachedLGAnnaModel(str(other), cache_dir=tmp_path / "cache")
+    assert a.fingerprint != b.fingerprint
+    assert not np.allclose(a.encoder.encode(TEXTS), b.encoder.encode(TEXTS), atol=1e-4)
