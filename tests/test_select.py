@@ -121,3 +121,35 @@ def test_benchmark_cache_tells_adapters_with_the_same_config_apart(tmp_path, shi
     b = CachedLGAnnaModel(str(other), cache_dir=tmp_path / "cache")
     assert a.fingerprint != b.fingerprint
     assert not np.allclose(a.encoder.encode(TEXTS), b.encoder.encode(TEXTS), atol=1e-4)
+
+
+def test_bundling_a_chosen_checkpoint_records_its_step_dev_scores_wall_time_and_selection(tmp_path, shipped):
+    """The adapter of another step of the same run replaces the export's; lganna.json says which and why."""
+    import shutil
+
+    from lganna_rag.training.bundle import bundle
+
+    run = tmp_path / "run"
+    export, ckpt = run / "final", run / "checkpoint-400"
+    shutil.copytree(shipped, export)
+    ckpt.mkdir()
+    other = tmp_path / "soup"
+    from lganna_rag.training.select import soup
+
+    soup(other, shipped, [(shipped, 0.5)])  # stands for another step's adapter: a different real adapter
+    shutil.copy2(other / "adapter_model.safetensors", ckpt / "adapter_model.safetensors")
+    shutil.copy2(other / "adapter_config.json", export / "adapter_config.json")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 400, "log_history": [
+        {"loss": 1.0, "step": 400}, {"eval_dev_dev_score": 90.39, "eval_runtime": 9.0, "step": 400}]}))
+    (run / "wall_time.json").write_text(json.dumps({"seconds": 5006.11}))
+    selection = tmp_path / "sel.json"
+    selection.write_text(json.dumps({"selection_score": 79.44, "by_type": {"retrieval": 84.96}}))
+    out = bundle(export, "x", tmp_path / "bundled", checkpoint=ckpt, selection=selection)
+    prov = json.loads((out / "lganna.json").read_text())["provenance"]
+    assert prov["steps"] == 400 and prov["best_checkpoint"] == str(ckpt) and prov["wall_time_s"] == 5006.1
+    assert prov["dev_end"] == {"dev_dev_score": 90.39} and prov["selected_by"]["selection_score"] == 79.44
+    assert (out / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
+    np.testing.assert_allclose(LGAnnaEncoder.from_pretrained(out).encode(TEXTS),
+                               LGAnnaEncoder.from_pretrained(other).encode(TEXTS), atol=2e-5)
+    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors"):
+        bundle(export, "x", tmp_path / "b2", checkpoint=tmp_path)
