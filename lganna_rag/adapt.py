@@ -19,8 +19,8 @@
    This is the collection's hybrid search in spirit: the same two signals (BM25 and the collection's
    dense model) fused, but by score (graded labels for the KL term) rather than by the rank fusion (RRF)
    ``Index.search`` uses, which gives ranks, not grades.
-3. **LoRA training** of the collection's model with InfoNCE + KL(teacher || student), time-boxed, keeping
-   the engine's best checkpoint.
+3. **LoRA training** of the collection's model with InfoNCE + KL(teacher || student), time-boxed (the learning
+   rate anneals to zero by the deadline), keeping the engine's best checkpoint.
 4. **Saved with the collection** (local store: ``<store>/<collection>/adapters/<id>/``), written beside
    the old state and made current by one atomic metadata write (``collection.json`` names the adapter):
    an adapt stopped at any point leaves the collection as it was (searchable with the base model, or
@@ -355,7 +355,8 @@ def adapt_index(
     beats the base model on the held-out pseudo-queries (dense MRR@10), unless ``keep_if_worse``.
     ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``teacher_model`` is the
     teacher's dense model (default: the collection's own; e.g. ``mpnet``, stronger and ~5x slower). ``steps`` fixes the
-    schedule's length (default: two passes over the pseudo-queries, at most 2000; time may stop it sooner).
+    schedule's length (default: two passes over the pseudo-queries, at most 2000; time may stop it sooner: the
+    learning rate falls to zero by the deadline or the last step, whichever comes first).
     """
     from .models import REGISTRY
 
