@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: measure and write ``benchmarks/results/adapt.json``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="Cranfield", help="comma-separated shared retrieval sets, or train:SOURCE for a "
-                    "set made from a training file (never reported: for choosing settings), e.g. train:medquad")
+                    "set made from a training file (never reported: for choosing settings), e.g. train:covidqa")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
