@@ -122,9 +122,9 @@ def soup(out: Path, template: Path, parts: list[tuple[Path, float]]) -> Path:
             tensors.setdefault(key, []).append(value * scale if ".lora_B." in key else value)
     if {frozenset(c["target_modules"]) for c in configs} != {frozenset(configs[0]["target_modules"])}:
         raise ValueError("the adapters target different modules")
-    merged = {k: np.concatenate(v, axis=1 if ".lora_B." in k else 0).astype(np.float32) for k, v in tensors.items()}
     if any(len(v) != len(parts) for v in tensors.values()):
         raise ValueError("the adapters have different module sets")
+    merged = {k: np.concatenate(v, axis=1 if ".lora_B." in k else 0).astype(np.float32) for k, v in tensors.items()}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(template, tmp)
