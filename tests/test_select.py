@@ -68,7 +68,7 @@ def test_held_out_queries_are_never_training_rows_of_that_config(data_root):
                       max_examples_per_source=300, dev_examples_per_source=10)
     held = heldout_retrieval(cfg, n_queries=40, n_distractors=50)
     assert set(held.queries) == {"covidqa"}  # symmetric sources are not retrieval
-    _, train, _ = split_rows(cfg, [source(s) for s in cfg.sources], random.Random(cfg.seed))["covidqa"]
+    _, train, _ = split_rows(cfg, [source(s) for s in cfg.sources], random.Random(cfg.seed))[0]
     trained = {ex.query for ex in train}
     task, pairs = held.queries["covidqa"]
     assert len(pairs) == 40 and not trained & {q for q, _ in pairs}
@@ -77,7 +77,7 @@ def test_held_out_queries_are_never_training_rows_of_that_config(data_root):
     # a larger config holds out a subset of what a smaller one does (same seed and sources)
     bigger = TrainConfig(**{**cfg.__dict__, "max_examples_per_source": 600})
     big_pairs = {q for q, _ in heldout_retrieval(bigger, n_queries=40, n_distractors=0).queries["covidqa"][1]}
-    _, small_train, _ = split_rows(cfg, [source(s) for s in cfg.sources], random.Random(cfg.seed))["covidqa"]
+    _, small_train, _ = split_rows(cfg, [source(s) for s in cfg.sources], random.Random(cfg.seed))[0]
     assert not big_pairs & {ex.query for ex in small_train}
 
 

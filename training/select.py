@@ -55,10 +55,9 @@ def heldout_retrieval(cfg: TrainConfig, n_queries: int = 100, n_distractors: int
     corpus: dict[str, int] = {}
     queries: dict[str, tuple[Task, list[tuple[str, int]]]] = {}
     sizes: dict[str, Any] = {}
-    for src in sources:
+    for src, (dev, _, unused) in zip(sources, splits):
         if src.symmetric:
             continue
-        dev, _, unused = splits[src.name]
         asked = (dev + unused)[:n_queries]
         distractors = unused[max(0, n_queries - len(dev)):][:n_distractors]
         pairs = []

@@ -166,17 +166,17 @@ class Style:
 
 
 def split_rows(cfg: TrainConfig, sources: list[Source], rng: random.Random,
-               root: Path | None = None) -> dict[str, tuple[list[Example], list[Example], list[Example]]]:
-    """Per source: its (dev, train, unused) rows. Each source's rows are shuffled by ``rng`` in turn, the first
-    ``dev_examples_per_source`` are dev, the next ``max_examples_per_source`` train; the rest are never trained on
-    (held-out data for :mod:`lganna_rag.training.select`)."""
-    out = {}
+               root: Path | None = None) -> list[tuple[list[Example], list[Example], list[Example]]]:
+    """Per source, in order: its (dev, train, unused) rows. Each source's rows are shuffled by ``rng`` in turn, the
+    first ``dev_examples_per_source`` are dev, the next ``max_examples_per_source`` train; the rest are never trained
+    on (held-out data for :mod:`lganna_rag.training.select`). A list, so sources sharing a name all keep their rows."""
+    out = []
     for src in sources:
         rows = load_examples(src, root, seed=cfg.seed)
         rng.shuffle(rows)
         n_dev = cfg.dev_examples_per_source
         cut = n_dev + cfg.max_examples_per_source if cfg.max_examples_per_source else len(rows)
-        out[src.name] = (rows[:n_dev], rows[n_dev:cut], rows[cut:])
+        out.append((rows[:n_dev], rows[n_dev:cut], rows[cut:]))
     return out
 
 
@@ -191,7 +191,7 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     rng = random.Random(cfg.seed)
     train: list[Example] = []
     dev: list[Example] = []
-    for src_dev, src_train, _ in split_rows(cfg, sources, rng, root).values():
+    for src_dev, src_train, _ in split_rows(cfg, sources, rng, root):
         dev += src_dev
         train += src_train
     if not train:
