@@ -147,12 +147,11 @@ def _strings(value: object) -> Iterator[str]:
         yield from (s for v in value for s in _strings(v))
 
 
-def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
-    """Raise :class:`LeakageError` naming file and line if a training text equals an evaluation text (a retrieval
-    query judged in ``qrels/test.tsv``, any string of a ``test.jsonl``; corpora are shared, as in BEIR); else the
-    number of rows checked."""
+def evaluation_texts(root: Path | None = None) -> dict[str, str]:
+    """Normalised evaluation texts (retrieval queries judged in ``qrels/test.tsv``, every string of a
+    ``test.jsonl``; corpora are shared, as in BEIR) -> where each comes from."""
     root = root or data_dir()
-    tests: dict[str, str] = {}  # normalised evaluation text -> where it comes from
+    tests: dict[str, str] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "train"):
         qrels = folder / "qrels" / "test.tsv"
         if qrels.is_file():
@@ -164,6 +163,14 @@ def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
             for lineno, row in enumerate(read_jsonl(test_file), 1):
                 for text in _strings(row):
                     tests.setdefault(normalise(text), f"{test_file.relative_to(root)}:{lineno}")
+    return tests
+
+
+def check_leakage(sources: Iterable[Source], root: Path | None = None) -> int:
+    """Raise :class:`LeakageError` naming file and line if a training text equals an evaluation text (see
+    :func:`evaluation_texts`); else the number of rows checked."""
+    root = root or data_dir()
+    tests = evaluation_texts(root)
     checked = 0
     for src in sources:
         path = src.location(root)
