@@ -99,6 +99,7 @@ def test_a_tiny_distillation_exports_a_model_both_loaders_agree_on(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     summary = distill(load_distill_config(path))
     assert summary["steps"] == 4 and summary["texts"] == 384 and summary["target_dims"] == 63
+    assert summary["teacher_seconds"] > 0
     parts = sorted((tmp_path / "cache").glob("targets-*/part-*.npy"))
     assert len(parts) == 3 and np.load(parts[0]).dtype == np.float16
     export = tmp_path / "run" / "final"

@@ -234,6 +234,10 @@ def _fingerprint(texts: Sequence[str], *parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def _targets_folder(texts: Sequence[str], cfg: DistillConfig) -> Path:
+    return Path(cfg.cache_dir) / f"targets-{_fingerprint(texts, cfg.teacher, cfg.teacher_precision, cfg.max_length)}"
+
+
 def teacher_targets(texts: Sequence[str], cfg: DistillConfig) -> np.ndarray:
     """The teacher's unit vectors of ``texts`` (float16), computed in parts of ``part_size`` texts under
     ``cache_dir`` (a killed run keeps its finished parts; a rerun computes only the missing ones)."""
@@ -241,23 +245,33 @@ def teacher_targets(texts: Sequence[str], cfg: DistillConfig) -> np.ndarray:
 
     from lganna_rag.encoder import LGAnnaEncoder
 
-    folder = Path(cfg.cache_dir) / f"targets-{_fingerprint(texts, cfg.teacher, cfg.teacher_precision, cfg.max_length)}"
+    folder = _targets_folder(texts, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     n_parts = (len(texts) + cfg.part_size - 1) // cfg.part_size
     missing = [i for i in range(n_parts) if not (folder / f"part-{i:05d}.npy").is_file()]
+    clock = folder / "seconds.json"  # the teacher's compute time over all invocations (provenance)
     if missing:
         teacher = LGAnnaEncoder.from_pretrained(cfg.teacher, precision=cfg.teacher_precision, max_length=cfg.max_length)
         done = (n_parts - len(missing)) * cfg.part_size
         with tqdm(total=len(texts), initial=min(done, len(texts)), desc=f"teacher vectors ({cfg.teacher})",
                   unit="text", mininterval=10, file=sys.stderr) as bar:
             for i in missing:
+                t0 = time.time()
                 part = texts[i * cfg.part_size:(i + 1) * cfg.part_size]
                 vectors = teacher.encode(part, batch_size=cfg.teacher_batch_size, show_progress_bar=False)
                 tmp = folder / f"part-{i:05d}.tmp.npy"
                 np.save(tmp, vectors.astype(np.float16))
                 tmp.rename(folder / f"part-{i:05d}.npy")
+                spent = (json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0) + time.time() - t0
+                write_json(clock, {"seconds": round(spent, 1)})
                 bar.update(len(part))
     return np.concatenate([np.load(folder / f"part-{i:05d}.npy") for i in range(n_parts)])
+
+
+def teacher_seconds(texts: Sequence[str], cfg: DistillConfig) -> float | None:
+    """Seconds the teacher spent on ``texts``' cached targets over all invocations (None: not recorded)."""
+    clock = _targets_folder(texts, cfg) / "seconds.json"
+    return json.loads(clock.read_text())["seconds"] if clock.is_file() else None
 
 
 def principal_directions(vectors: np.ndarray, dim: int, sample: int = 200_000, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -302,7 +316,6 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
     if len(texts) < steps * cfg.batch_size:
         logger.warning("%d texts for %d steps x %d: some are seen more than once", len(texts), steps, cfg.batch_size)
     targets = teacher_targets(texts, cfg)
-    teacher_seconds = time.time() - started
     width = cfg.student.hidden_size
     directions, energy = principal_directions(targets, width - 1, seed=cfg.seed)
     used = min(len(texts), steps * cfg.batch_size)
@@ -358,7 +371,7 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
         "pooling": "mean", "include_prompt": False, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "dev_start": start_scores, "dev_end": end_scores,
-        "teacher_seconds_this_run": round(teacher_seconds, 1), "wall_time_s": round(wall, 1), "device": device,
+        "teacher_seconds": teacher_seconds(texts, cfg), "wall_time_s": round(wall, 1), "device": device,
     }
     export(trainer.model, Path(cfg.export_dir or out / "final"), base="", pooling="mean", include_prompt=False,
            append_eos=True, prompt_template=None, max_length=cfg.serve_max_length, provenance=summary)
