@@ -118,3 +118,14 @@ def test_a_tiny_distillation_exports_a_model_both_loaders_agree_on(tmp_path):
     mtime = parts[0].stat().st_mtime
     again = distill(load_distill_config(path, steps=6))
     assert again["steps"] == 6 and parts[0].stat().st_mtime == mtime  # resumed; targets not recomputed
+
+
+def test_the_distill_config_names_unknown_keys(tmp_path):
+    from lganna_rag.training.distill import load_distill_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"steps": 10, "student": {"hidden_size": 64, "layers": 2}}))
+    with pytest.raises(ValueError, match=r"StudentConfig: unknown keys \['layers'\]"):
+        load_distill_config(path)
+    shipped = load_distill_config(Path(__file__).parents[1] / "training" / "configs" / "lganna-mini-distill.yaml")
+    assert shipped.n_texts >= 1_000_000 and shipped.student.hidden_size == 256 and shipped.teacher == "minilm"

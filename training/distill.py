@@ -90,17 +90,13 @@ class DistillConfig:
 
 def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
     """Read a YAML config (unknown keys are errors); ``overrides`` that are not None replace top-level values."""
+    from .trainer import _build
+
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(DistillConfig)}
-    if unknown := sorted(set(raw) - names):
-        raise ValueError(f"DistillConfig: unknown keys {unknown}; known: {sorted(names)}")
     if isinstance(raw.get("student"), dict):
-        fields = {f.name for f in dataclasses.fields(StudentConfig)}
-        if unknown := sorted(set(raw["student"]) - fields):
-            raise ValueError(f"StudentConfig: unknown keys {unknown}; known: {sorted(fields)}")
-        raw["student"] = StudentConfig(**raw["student"])
-    return DistillConfig(**raw)
+        raw["student"] = _build(StudentConfig, raw["student"])
+    return _build(DistillConfig, raw)
 
 
 def wordllama_files() -> tuple[Path, Path]:
