@@ -42,6 +42,21 @@ def wordllama_dir() -> str:
     return str(root)
 
 
+def wordllama_tokenizer(bos_eos: bool = False) -> Any:
+    """WordLlama's Llama-2 tokenizer as a transformers fast tokenizer (no padding or truncation): the text's
+    tokens only, or ``<s> text </s>`` with ``bos_eos``."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer.from_file(str(Path(wordllama_dir()) / WORDLLAMA_TOKENIZER))
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)]) if bos_eos else None
+    raw.no_padding()
+    raw.no_truncation()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+
+
 class StaticEncoder(LGAnnaEncoder):
     """Mean of static token vectors, L2-normalised; the same encoding API as :class:`LGAnnaEncoder`."""
 
@@ -63,8 +78,6 @@ class StaticEncoder(LGAnnaEncoder):
         ``device`` must be CPU (lookups are memory-bound). ``settings`` override the served settings.
         """
         from safetensors.torch import load_file
-        from tokenizers import Tokenizer
-        from transformers import PreTrainedTokenizerFast
 
         if name_or_path not in (None, "wordllama"):
             raise ModelNotFoundError(f"StaticEncoder loads 'wordllama', not {name_or_path!r}")
@@ -80,12 +93,7 @@ class StaticEncoder(LGAnnaEncoder):
             if not 1 <= dim <= table.shape[1]:
                 raise ValueError(f"dim must be between 1 and {table.shape[1]}, got {dim}")
             table = table[:, :dim]
-        raw = Tokenizer.from_file(str(Path(root) / WORDLLAMA_TOKENIZER))
-        raw.post_processor = None  # WordLlama embeds the text's tokens only (no <s>)
-        raw.no_padding()
-        raw.no_truncation()
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                            pad_token="</s>")
+        tokenizer = wordllama_tokenizer()  # WordLlama embeds the text's tokens only (no <s>)
         values = {"pooling": "mean", "normalize": True, "append_eos": False, "max_length": 512,
                   "prompt_template": None, "provenance": {"source": "wordllama (l2_supercat_256)", "kind": "static"}}
         values.update(settings)

@@ -54,10 +54,11 @@ def test_untrained_student_embeds_like_wordllama_and_the_map_moves_it_toward_the
     import torch
 
     from lganna_rag.static import StaticEncoder
-    from lganna_rag.training.distill import StudentConfig, align_table, build_student, llama2_tokenizer
+    from lganna_rag.static import wordllama_tokenizer
+    from lganna_rag.training.distill import StudentConfig, align_table, build_student
 
     texts = [t for pair in PAIRS for t in pair]
-    student, tok = build_student(StudentConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=96)), llama2_tokenizer()
+    student, tok = build_student(StudentConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=96)), wordllama_tokenizer(bos_eos=True)
     batch = tok(texts, padding=True, return_tensors="pt")
     assert (batch["input_ids"][:, 0] == 1).all()  # <s> ... </s>
     with torch.no_grad():

@@ -40,9 +40,6 @@ from .data import SOURCES, _strings, evaluation_texts, normalise, write_json
 
 logger = logging.getLogger(__name__)
 
-#: Files inside the ``wordllama`` package (the student's initial token table and its Llama-2 tokenizer).
-WORDLLAMA_TABLE = "weights/l2_supercat_256.safetensors"
-WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -99,28 +96,6 @@ def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
     return _build(DistillConfig, raw)
 
 
-def wordllama_files() -> tuple[Path, Path]:
-    """The installed ``wordllama`` package's table and tokenizer files (its ``load()`` is never called)."""
-    from lganna_rag.static import wordllama_dir
-
-    root = Path(wordllama_dir())
-    return root / WORDLLAMA_TABLE, root / WORDLLAMA_TOKENIZER
-
-
-def llama2_tokenizer() -> Any:
-    """WordLlama's Llama-2 tokenizer as a transformers fast tokenizer that writes ``<s> text </s>``."""
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer.from_file(str(wordllama_files()[1]))
-    tok.no_padding()
-    tok.no_truncation()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="</s>")
-
-
 def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
     """A ``MistralModel`` whose untrained mean pooling embeds texts like WordLlama (mean of its token vectors).
 
@@ -133,7 +108,9 @@ def build_student(cfg: StudentConfig, seed: int = 0) -> torch.nn.Module:
     from safetensors.torch import load_file
     from transformers import MistralConfig, MistralModel
 
-    table = load_file(str(wordllama_files()[0]))["embedding.weight"].float()
+    from lganna_rag.static import WORDLLAMA_TABLE, wordllama_dir
+
+    table = load_file(str(Path(wordllama_dir()) / WORDLLAMA_TABLE))["embedding.weight"].float()
     h = cfg.hidden_size
     if h - 1 > table.shape[1]:
         raise ValueError(f"hidden_size {h} exceeds the WordLlama table's {table.shape[1]} dimensions + 1")
@@ -302,6 +279,8 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
     from sentence_transformers.sentence_transformer.losses import MSELoss
     from transformers.trainer_utils import get_last_checkpoint
 
+    from lganna_rag.static import wordllama_tokenizer
+
     from .model import build_model, export
     from .trainer import _Stop, _Trainer, pick_device, sts_dev_pairs
 
@@ -321,7 +300,7 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
     init = out / "init"
     alignment = None
     if not (init / "model.safetensors").is_file():
-        student, tokenizer = build_student(cfg.student, cfg.seed), llama2_tokenizer()
+        student, tokenizer = build_student(cfg.student, cfg.seed), wordllama_tokenizer(bos_eos=True)
         if cfg.align_texts:
             k = min(cfg.align_texts, used)
             alignment = align_table(student, tokenizer, texts[:k], labels[:k, : width - 1], max_length=cfg.max_length)
