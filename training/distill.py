@@ -207,18 +207,15 @@ def _fingerprint(texts: Sequence[str], *parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _targets_folder(texts: Sequence[str], cfg: DistillConfig) -> Path:
-    return Path(cfg.cache_dir) / f"targets-{_fingerprint(texts, cfg.teacher, cfg.teacher_precision, cfg.max_length)}"
-
-
-def teacher_targets(texts: Sequence[str], cfg: DistillConfig) -> np.ndarray:
+def teacher_targets(texts: Sequence[str], cfg: DistillConfig) -> tuple[np.ndarray, float]:
     """The teacher's unit vectors of ``texts`` (float16), computed in parts of ``part_size`` texts under
-    ``cache_dir`` (a killed run keeps its finished parts; a rerun computes only the missing ones)."""
+    ``cache_dir`` (a killed run keeps its finished parts; a rerun computes only the missing ones), and the seconds
+    the teacher spent on them over all invocations."""
     from tqdm import tqdm
 
     from lganna_rag.encoder import LGAnnaEncoder
 
-    folder = _targets_folder(texts, cfg)
+    folder = Path(cfg.cache_dir) / f"targets-{_fingerprint(texts, cfg.teacher, cfg.teacher_precision, cfg.max_length)}"
     folder.mkdir(parents=True, exist_ok=True)
     n_parts = (len(texts) + cfg.part_size - 1) // cfg.part_size
     missing = [i for i in range(n_parts) if not (folder / f"part-{i:05d}.npy").is_file()]
@@ -238,13 +235,8 @@ def teacher_targets(texts: Sequence[str], cfg: DistillConfig) -> np.ndarray:
                 spent = (json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0) + time.time() - t0
                 write_json(clock, {"seconds": round(spent, 1)})
                 bar.update(len(part))
-    return np.concatenate([np.load(folder / f"part-{i:05d}.npy") for i in range(n_parts)])
-
-
-def teacher_seconds(texts: Sequence[str], cfg: DistillConfig) -> float | None:
-    """Seconds the teacher spent on ``texts``' cached targets over all invocations (None: not recorded)."""
-    clock = _targets_folder(texts, cfg) / "seconds.json"
-    return json.loads(clock.read_text())["seconds"] if clock.is_file() else None
+    seconds = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
+    return np.concatenate([np.load(folder / f"part-{i:05d}.npy") for i in range(n_parts)]), seconds
 
 
 def principal_directions(vectors: np.ndarray, dim: int, sample: int = 200_000, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -290,7 +282,7 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
     texts = distillation_texts(cfg.n_texts, cfg.seed, root, cfg.min_chars)
     if len(texts) < steps * cfg.batch_size:
         logger.warning("%d texts for %d steps x %d: some are seen more than once", len(texts), steps, cfg.batch_size)
-    targets = teacher_targets(texts, cfg)
+    targets, teacher_seconds = teacher_targets(texts, cfg)
     width = cfg.student.hidden_size
     directions, energy = principal_directions(targets, width - 1, seed=cfg.seed)
     used = min(len(texts), steps * cfg.batch_size)
@@ -346,7 +338,7 @@ def distill(cfg: DistillConfig, resume: bool = True, max_steps: int | None = Non
         "pooling": "mean", "include_prompt": False, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "dev_start": start_scores, "dev_end": end_scores,
-        "teacher_seconds": teacher_seconds(texts, cfg), "wall_time_s": round(wall, 1), "device": device,
+        "teacher_seconds": teacher_seconds, "wall_time_s": round(wall, 1), "device": device,
     }
     export(trainer.model, Path(cfg.export_dir or out / "final"), base="", pooling="mean", include_prompt=False,
            append_eos=True, prompt_template=None, max_length=cfg.serve_max_length, provenance=summary)
@@ -368,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_distill_config(ns.config, output_dir=ns.output_dir)
     if ns.targets_only:
-        targets = teacher_targets(distillation_texts(cfg.n_texts, cfg.seed, min_chars=cfg.min_chars), cfg)
-        print(f"{len(targets)} teacher vectors cached under {cfg.cache_dir}")
+        targets, seconds = teacher_targets(distillation_texts(cfg.n_texts, cfg.seed, min_chars=cfg.min_chars), cfg)
+        print(f"{len(targets)} teacher vectors cached under {cfg.cache_dir} ({seconds:.0f} s of teacher time)")
         return
     summary = distill(cfg, resume=not ns.no_resume, max_steps=ns.max_steps, stop_after=ns.stop_after)
     print(json.dumps({k: summary[k] for k in ("name", "steps", "texts", "dev_start", "dev_end", "wall_time_s")}, indent=2))
