@@ -4,9 +4,9 @@ For each task: the corpus (only) is indexed into a fresh local collection with t
 queries are searched (dense and hybrid, through ``Index.search``); the collection is adapted with
 ``Index.adapt(minutes)`` (pseudo-queries from the corpus: the test queries and qrels are never seen by
 adapt; a check below proves no pseudo-query equals a test query); the same queries are searched again
-with the adapter (query side: the stored document vectors are the base model's). ``--both-sides`` also
-re-embeds the corpus with the adapted model into a second collection, to measure what the
-query-side-only choice gives up.
+with the adapter (query side: the stored document vectors are the base model's, and adapt trains the
+query encoder against exactly those vectors; ``--both-sides``, which re-embedded the corpus with an adapter
+trained on both sides, was removed with that trainer: README gives its last measurement).
 
 ``--kinds`` chooses the pseudo-query kinds (default ``ict,heading``); with ``question`` (SmolLM2-135M-Instruct
 writes a question for a seeded sample of ``--questions`` chunks) the entry also records the generation's
@@ -17,7 +17,7 @@ before anything is written). The machine's load average is recorded: these numbe
 Settings are chosen on ``train:SOURCE`` sets (:func:`~lganna_rag.benchmarks.tasks.load_training_collection`: a
 training file's passages as the corpus and its real questions as queries), never on the reported sets' queries.
 
-Run: ``python -m lganna_rag.benchmarks.adapt_bench --tasks Cranfield --minutes 8 [--both-sides]``;
+Run: ``python -m lganna_rag.benchmarks.adapt_bench --tasks Cranfield --minutes 8``;
 ``... --kinds question --questions 200 --minutes 12``.
 Writes ``benchmarks/results/adapt.json`` (one entry per task, model and non-default kinds; replaced on rerun).
 """
@@ -56,7 +56,7 @@ def evaluate(index: Index, queries: dict[str, str], qrels: dict[str, dict[str, i
     return out
 
 
-def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: Path, seed: int,
+def run_task(task: str, model: str, minutes: float, workdir: Path, seed: int,
              kinds: list[str] | None = None, questions: int = 200, teacher_model: str | None = None,
              lr: float | None = None) -> dict[str, Any]:
     """Index, evaluate, adapt (with ``kinds``), evaluate again; returns the task's entry."""
@@ -111,6 +111,7 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
     check_leaks(list(report.questions.values()))  # generated questions: known only now
     entry["adapted_query_side"] = evaluate(index, data.queries, data.qrels, task) if report.kept else None
     entry["adapt"] = report.to_dict()
+    entry["dev_mrr10_curve"] = report.summary.get("dev_mrr10_curve")  # (step, held-out pseudo-query MRR@10)
     print(f"{task} adapted (query side): {entry['adapted_query_side']}; {entry['adapt']}", flush=True)
     if "question" in kinds:
         st = report.kinds
@@ -120,15 +121,6 @@ def run_task(task: str, model: str, minutes: float, both_sides: bool, workdir: P
             "generation_wall_s": st.get("questions_seconds"), "model_load_s": st.get("questions_load_seconds"),
             "examples": [report.questions[c] for c in sorted(report.questions)[:12]],
         }
-    if both_sides and report.kept:
-        encoder = index.query_encoder
-        t0 = time.perf_counter()
-        both = Index(workdir / "store", collection=collection + "-both", encoder=encoder, recreate=True)
-        both.add_texts(texts, metadatas=titles, ids=ids)
-        entry["reembed_wall_s"] = round(time.perf_counter() - t0, 1)
-        entry["adapted_both_sides"] = evaluate(both, data.queries, data.qrels, task)
-        print(f"{task} adapted (both sides): {entry['adapted_both_sides']}", flush=True)
-        both.close()
     index.close()
     entry["task_wall_s"] = round(time.perf_counter() - t_task, 1)
     entry["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
@@ -144,7 +136,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--both-sides", action="store_true", help="also re-embed the corpus with the adapter")
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="pseudo-query kinds (ict, heading, question)")
     ap.add_argument("--questions", type=int, default=200, help="chunks that get a generated question (question kind)")
     ap.add_argument("--teacher-model", default=None, help="the teacher's dense model (default: --model)")
@@ -159,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="adapt-bench-"))
     try:
         for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-            entry = run_task(task, args.model, args.minutes, args.both_sides, workdir, args.seed, kinds, args.questions,
+            entry = run_task(task, args.model, args.minutes, workdir, args.seed, kinds, args.questions,
                              args.teacher_model, args.lr)
             entry["environment"] = {"lganna_rag": __version__, "torch": torch.__version__,
                                     "threads": torch.get_num_threads(), "machine": platform.machine()}

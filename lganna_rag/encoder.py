@@ -562,6 +562,17 @@ class LGAnnaEncoder:
         if not self.excludes_prompt or rendered == items:
             out = self.encode(rendered, **kwargs)
             return out[0] if single else out
+        normalize = kwargs.pop("normalize_embeddings", None)
+        out = self._encode_texts(rendered, batch_size=kwargs.pop("batch_size", 32),
+                                 show_progress_bar=kwargs.pop("show_progress_bar", None),
+                                 normalize_embeddings=normalize, max_length=kwargs.pop("max_length", None),
+                                 prompt_lengths=self._prompt_lengths(rendered, items))
+        if kwargs:
+            raise TypeError(f"encode_queries got unexpected keyword arguments {sorted(kwargs)}")
+        return out[0] if single else out
+
+    def _prompt_lengths(self, rendered: Sequence[str], items: Sequence[str]) -> list[int]:
+        """Per query, the positions of its rendered prompt that a mean pool leaves out."""
         known: dict[str | None, int] = {}  # one task's queries share a prefix: tokenise it once
         lengths = []
         for r, t in zip(rendered, items):
@@ -569,14 +580,18 @@ class LGAnnaEncoder:
             if prefix not in known:
                 known[prefix] = self.prompt_length(prefix)
             lengths.append(known[prefix])
-        normalize = kwargs.pop("normalize_embeddings", None)
-        out = self._encode_texts(rendered, batch_size=kwargs.pop("batch_size", 32),
-                                 show_progress_bar=kwargs.pop("show_progress_bar", None),
-                                 normalize_embeddings=normalize, max_length=kwargs.pop("max_length", None),
-                                 prompt_lengths=lengths)
-        if kwargs:
-            raise TypeError(f"encode_queries got unexpected keyword arguments {sorted(kwargs)}")
-        return out[0] if single else out
+        return lengths
+
+    def query_batch(self, texts: Sequence[str], task: Task | str | None = None,
+                    max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """A collated batch of queries as :meth:`encode_queries` feeds the model (instruction, prompt lengths):
+        :meth:`embed` of it keeps autograd, for training a query encoder."""
+        items = check_texts(texts)
+        rendered = self.render_queries(items, task)
+        batch = self.collate(self.tokenize(rendered, max_length)[0])
+        if self.excludes_prompt and rendered != items:
+            batch["prompt_length"] = torch.as_tensor(self._prompt_lengths(rendered, items), device=self.device)
+        return batch
 
     @property
     def excludes_prompt(self) -> bool:

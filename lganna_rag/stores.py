@@ -345,6 +345,21 @@ class EdgeBackend:
             if offset is None:
                 return
 
+    def dense_vectors(self, batch: int = 1024) -> Iterator[tuple[str, list[float]]]:
+        """Yield ``(id, stored dense vector)`` of every point (what a dense search compares queries with)."""
+        import qdrant_edge as qe
+
+        shard = self._open()
+        offset = None
+        while True:
+            with self._guard():
+                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=False,
+                                                                with_vector=[DENSE]))
+                page = [(str(r.id), (r.vector or {}).get(DENSE)) for r in records]
+            yield from page
+            if offset is None:
+                return
+
     def vector_sizes(self, batch: int = 512) -> Iterator[tuple[str, int, int]]:
         """Yield ``(id, dense length, sparse length)`` of every point: reads every stored vector (a check)."""
         import qdrant_edge as qe

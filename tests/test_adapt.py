@@ -16,6 +16,7 @@ from lganna_rag.adapt import (AdaptError, PseudoQuery, headings, is_near_copy, m
                               sentences, split_dev)
 
 REPO = Path(__file__).resolve().parents[1]
+STEPS = 40
 QUERIES = ["how do I make the search use hybrid ranking?", "what temperature should green tea be brewed at?"]
 
 
@@ -156,7 +157,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     index = Index(path, collection="docs", model="minilm")
     index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
     base = LGAnnaEncoder.from_pretrained("minilm")
-    report = index.adapt(10.0, steps=12, seed=0, keep_if_worse=True)  # the budget only caps; 12 steps take ~1 min
+    report = index.adapt(10.0, steps=STEPS, seed=0, keep_if_worse=True)  # the budget only caps; 40 steps take ~20 s
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
     index.close()
     return {"path": path, "report": report, "base": base, "base_q": base.encode_queries(QUERIES), "chunks": chunks}
@@ -176,7 +177,7 @@ def test_adapt_reports_the_base_heldout_mrr_it_measured(store: dict) -> None:
     from lganna_rag.adapt import dense_ranking
 
     r = store["report"]
-    assert r.dev_queries >= 10 and r.train_queries >= 50 and r.steps == 12
+    assert r.dev_queries >= 10 and r.train_queries >= 50 and r.steps == STEPS
     _, dev = split_dev(make_pseudo_queries(store["chunks"], seed=0)[0], seed=0)
     assert len(dev) == r.dev_queries
     with _open(store) as index:
@@ -188,12 +189,71 @@ def test_adapt_reports_the_base_heldout_mrr_it_measured(store: dict) -> None:
     assert meta["adapter"]["dev_mrr10_adapted"] == r.dev_mrr_adapted
 
 
-@pytest.mark.xfail(reason="measured: 12 steps on this set (README + examples, 278 chunks at commit time; it changes "
-                          "with README) give held-out pseudo-query MRR@10 84.68 -> 83.21 (33 queries); earlier README "
-                          "versions went either way; the improvement target is not met yet (issue 17)", strict=False)
 def test_adapt_improves_heldout_pseudo_query_mrr(store: dict) -> None:
+    """Better on the dev split that chose the checkpoint, and on pseudo-queries that neither trained nor chose it:
+    other sentences (another seed's ICT pick) of the held-out chunks, ranked through the store as search does."""
+    from lganna_rag.adapt import dense_ranking
+
     r = store["report"]
-    assert r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
+    assert 0 < r.summary["best_step"] <= STEPS and r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
+    train, dev = split_dev(make_pseudo_queries(store["chunks"], seed=0)[0], seed=0)
+    held = {p.chunk_id for p in dev}
+    seen = {p.query for p in train + dev}
+    fresh = [p for p in make_pseudo_queries(store["chunks"], kinds=["ict"], seed=1)[0]
+             if p.chunk_id in held and p.query not in seen]
+    assert len(fresh) >= 10
+    with _open(store) as index:
+        ranked = {name: dense_ranking(index, enc, [p.query for p in fresh])
+                  for name, enc in (("base", store["base"]), ("adapted", index.query_encoder))}
+    base, adapted = (mrr_at_10(ranked[k], [p.chunk_id for p in fresh]) for k in ("base", "adapted"))
+    assert adapted > base, (base, adapted, len(fresh))
+
+
+def _teacher(store: dict, n: int = 60, k: int = 8):
+    from lganna_rag.adapt import stored_vectors, teacher_labels
+
+    queries = make_pseudo_queries(store["chunks"], seed=0)[0][:n]
+    with _open(store) as index:
+        ids, vectors = stored_vectors(index)
+        text_of = {pid: text for pid, text, _ in store["chunks"]}
+        row_of = {pid: r for r, pid in enumerate(ids)}
+        labels = teacher_labels(index, store["base"], [text_of[i] for i in ids], vectors, row_of, queries, k=k)
+    return queries, ids, vectors, labels
+
+
+def test_teacher_grades_candidates_and_marks_ambiguous_ones(store: dict) -> None:
+    queries, ids, vectors, lab = _teacher(store)
+    assert [ids[r] for r in lab.positive] == [p.chunk_id for p in queries]
+    assert (lab.candidates[:, 0] == lab.positive).all() and all(len(set(row)) == 8 for row in lab.candidates)
+    assert ((lab.scores >= 0) & (lab.scores <= 1)).all()  # 0.7 x cosine + 0.3 x BM25 / best BM25
+    assert (np.diff(lab.scores[:, 1:], axis=1) <= 1e-6).all()  # the rest, best first
+    assert len(np.unique(lab.scores.round(3))) > 100  # graded, not binary labels
+    np.testing.assert_array_equal(lab.ambiguous[:, 1:], lab.scores[:, 1:] >= 0.95 * lab.scores[:, :1])
+    assert not lab.ambiguous[:, 0].any()
+    # a sentence copied from its chunk: the teacher grades that chunk first for most queries
+    assert (lab.scores[:, 0] >= lab.scores[:, 1]).mean() >= 0.7
+
+
+def test_query_training_with_a_sampled_softmax_over_a_large_collection(store: dict, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_NEGATIVES chunks, each step's softmax takes a random sample plus the batch's candidates."""
+    import time
+
+    import lganna_rag.adapt as adapt
+    from lganna_rag.encoder import LGAnnaEncoder
+
+    queries, ids, vectors, lab = _teacher(store, n=48)
+    monkeypatch.setattr(adapt, "MAX_NEGATIVES", 50)
+    dev = make_pseudo_queries(store["chunks"], kinds=["heading"], seed=0)[0][:8]
+    summary = adapt.train_query_adapter(
+        "minilm", vectors, lab, [p.query for p in queries], [p.query for p in dev],
+        np.array([ids.index(p.chunk_id) for p in dev]), tmp_path / "a", time.monotonic() + 300, steps=4,
+        eval_every=2)
+    assert summary["negatives"] == "sample of 50" and summary["steps"] == 4 and np.isfinite(summary["last_loss"])
+    assert [s for s, _ in summary["dev_mrr10_curve"]] == [0, 2, 4]
+    enc = LGAnnaEncoder.from_pretrained("minilm", adapter=tmp_path / "a")  # the exported best state loads
+    same = np.allclose(enc.encode_queries(QUERIES), store["base_q"], atol=1e-6)
+    assert same == (summary["best_step"] == 0)  # step 0 is the base itself
 
 
 def test_adapter_is_saved_and_reloaded_for_queries_only(store: dict) -> None:
@@ -246,19 +306,19 @@ def test_undo_restores_exact_base_query_vectors(store: dict) -> None:
 
 
 def test_interrupted_adapt_leaves_the_collection_as_it_was(store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lganna_rag.training.trainer as trainer
+    import lganna_rag.adapt as adapt
 
     with _open(store) as index:  # whatever earlier tests left (an adapter or the base), the killed run keeps it
         before = [h.id for h in index.search(QUERIES[0], k=5)]
         adapter_before = index.adapter
         queries_before = index.query_encoder.encode_queries(QUERIES)
 
-    def killed(cfg, **kwargs):  # the run dies mid-training, after writing part of its export
-        Path(cfg.export_dir).mkdir(parents=True)
-        (Path(cfg.export_dir) / "adapter_config.json").write_text("{}")
+    def killed(base, vectors, labels, queries, dev_queries, dev_rows, export_dir, deadline, **kwargs):
+        Path(export_dir).mkdir(parents=True)  # the run dies mid-training, after writing part of its export
+        (Path(export_dir) / "adapter_config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "train", killed)
+    monkeypatch.setattr(adapt, "train_query_adapter", killed)
     with _open(store) as index, pytest.raises(KeyboardInterrupt):
         index.adapt(5.0, steps=3)
     # a run killed harder (no cleanup) leaves its folders behind: they must not matter either
@@ -306,17 +366,13 @@ def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_p
 def test_the_learning_rate_anneals_to_zero_by_the_deadline_not_by_the_planned_last_step() -> None:
     """A time-boxed adapt stops long before its planned steps; its rate must still reach zero by the deadline."""
     import torch
-    from transformers import TrainerControl, TrainerState, TrainingArguments
     from transformers.optimization import get_linear_schedule_with_warmup
 
-    from lganna_rag.adapt import _deadline_callback
+    from lganna_rag.adapt import lr_factor
 
     now = [100.0]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=1000)
-    callback = _deadline_callback(deadline=200.0, steps=1000, progress=None, clock=lambda: now[0])
-    args = TrainingArguments(output_dir="unused", warmup_steps=5, learning_rate=1e-3, report_to=[])
-    callback.on_train_begin(args, TrainerState(), TrainerControl(), lr_scheduler=sched)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 1000, 5, 100.0, 200.0, now[0]))
     rates = []
     for step in range(1, 41):  # 40 steps of 2.5 s: the 100 s budget ends at step 40 of the 1000 planned
         now[0] += 2.5
@@ -326,6 +382,8 @@ def test_the_learning_rate_anneals_to_zero_by_the_deadline_not_by_the_planned_la
     assert rates[3] == pytest.approx(1e-3 * 5 / 5 * (1 - 10 / 100))  # warmup done by step 5, 10 s of 100 gone
     assert max(rates) < 1e-3 and rates[-1] == 0.0  # annealed: zero at the deadline
     assert all(a >= b for a, b in zip(rates[4:], rates[5:]))  # falling after warmup
+    # with time to spare, the planned last step ends it: zero there, at the peak after warmup
+    assert lr_factor(1000, 1000, 5, 0.0, 1e9, 1.0) == 0.0 and lr_factor(5, 1000, 5, 0.0, 1e9, 1.0) == pytest.approx(1.0, abs=0.01)
     # the step-based schedule alone would still be at ~96% of the peak here
     plain_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     plain = get_linear_schedule_with_warmup(plain_opt, 5, 1000)
