@@ -8,7 +8,7 @@ with the adapter (query side: the stored document vectors are the base model's, 
 query encoder against exactly those vectors; ``--both-sides``, which re-embedded the corpus with an adapter
 trained on both sides, was removed with that trainer: README gives its last measurement).
 
-``--kinds`` chooses the pseudo-query kinds (default ``ict,heading``); with ``question`` (SmolLM2-135M-Instruct
+``--kinds`` chooses the pseudo-query kinds (default ``ict,heading,crop``); with ``question`` (SmolLM2-135M-Instruct
 writes a question for a seeded sample of ``--questions`` chunks) the entry also records the generation's
 throughput, a sample of the questions, and the ict+heading entry of the same task for comparison; the
 check that no pseudo-query equals a test query then covers the generated questions too (after adapt,

