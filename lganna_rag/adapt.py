@@ -631,6 +631,14 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
 
     curve = [(0, dev_mrr())]
     best, best_step, best_state = (curve[0][1] if base_may_win else -1.0), 0, snapshot()
+
+    def evaluate(done: int) -> None:
+        """Rank the dev split after ``done`` steps; keep the state if it is the best so far."""
+        nonlocal best, best_step, best_state
+        curve.append((done, dev_mrr()))
+        if curve[-1][1] > best:
+            best, best_step, best_state = curve[-1][1], done, snapshot()
+
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     pos_all, cand_all = torch.from_numpy(labels.positive), torch.from_numpy(labels.candidates)
@@ -666,14 +674,10 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
         step += 1
         loss_value = float(loss.detach())
         if step % every == 0 or step == steps:
-            curve.append((step, dev_mrr()))
-            if curve[-1][1] > best:
-                best, best_step, best_state = curve[-1][1], step, snapshot()
+            evaluate(step)
         say(AdaptProgress("train", step, steps, loss_value, max(0.0, deadline - time.monotonic())))
     if stopped and curve[-1][0] != step and step > 0:
-        curve.append((step, dev_mrr()))
-        if curve[-1][1] > best:
-            best, best_step, best_state = curve[-1][1], step, snapshot()
+        evaluate(step)
     with torch.no_grad():
         for k, v in model.named_parameters():
             if k in best_state:

@@ -19,7 +19,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -329,56 +329,40 @@ class EdgeBackend:
             else:
                 shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(where, not_ids)))
 
-    def scroll(self, fields: list[str] | bool, where: Where | None = None, batch: int = 2048) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(id, payload)`` of every point matching ``where`` (only ``fields`` of the payload)."""
+    def _pages(self, convert: Callable[[Any], Any], batch: int, **request: Any) -> Iterator[Any]:
+        """Every point matching a scroll ``request``, ``convert``-ed page by page under the store's guard."""
         import qdrant_edge as qe
 
         shard = self._open()
-        flt = self._filter(where)
         offset = None
         while True:
             with self._guard():
-                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt,
-                                                                with_payload=fields, with_vector=False))
-                page = [(str(r.id), dict(r.payload or {})) for r in records]
+                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, **request))
+                page = [convert(r) for r in records]
             yield from page
             if offset is None:
                 return
+
+    def scroll(self, fields: list[str] | bool, where: Where | None = None, batch: int = 2048) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(id, payload)`` of every point matching ``where`` (only ``fields`` of the payload)."""
+        return self._pages(lambda r: (str(r.id), dict(r.payload or {})), batch, filter=self._filter(where),
+                           with_payload=fields, with_vector=False)
 
     def dense_vectors(self, batch: int = 1024) -> Iterator[tuple[str, list[float]]]:
         """Yield ``(id, stored dense vector)`` of every point (what a dense search compares queries with)."""
-        import qdrant_edge as qe
-
-        shard = self._open()
-        offset = None
-        while True:
-            with self._guard():
-                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=False,
-                                                                with_vector=[DENSE]))
-                page = [(str(r.id), (r.vector or {}).get(DENSE)) for r in records]
-            yield from page
-            if offset is None:
-                return
+        return self._pages(lambda r: (str(r.id), (r.vector or {}).get(DENSE)), batch, with_payload=False,
+                           with_vector=[DENSE])
 
     def vector_sizes(self, batch: int = 512) -> Iterator[tuple[str, int, int]]:
         """Yield ``(id, dense length, sparse length)`` of every point: reads every stored vector (a check)."""
-        import qdrant_edge as qe
 
-        shard = self._open()
-        offset = None
-        while True:
-            with self._guard():
-                records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=False,
-                                                                with_vector=True))
-                page = []
-                for r in records:
-                    vec = r.vector or {}
-                    dense, sparse = vec.get(DENSE), vec.get(SPARSE)
-                    page.append((str(r.id), len(dense) if dense is not None else 0,
-                                 len(getattr(sparse, "indices", None) or []) if sparse is not None else -1))
-            yield from page
-            if offset is None:
-                return
+        def sizes(r: Any) -> tuple[str, int, int]:
+            vec = r.vector or {}
+            dense, sparse = vec.get(DENSE), vec.get(SPARSE)
+            return (str(r.id), len(dense) if dense is not None else 0,
+                    len(getattr(sparse, "indices", None) or []) if sparse is not None else -1)
+
+        return self._pages(sizes, batch, with_payload=False, with_vector=True)
 
     def count(self, where: Where | None = None) -> int:
         """Number of points matching ``where``."""
