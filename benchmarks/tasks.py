@@ -1,11 +1,10 @@
-"""Readers for the shared task data (``$LGANNA_DATA``, layouts in ``MANIFEST.md``) and shared metrics.
+"""Readers for the shared task data (``$LGANNA_DATA``, layouts in ``MANIFEST.md``); metrics: :mod:`lganna_rag.metrics`.
 
 Every reader raises :class:`lganna_rag.data.DataFormatError` naming the file and line of a bad row.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,25 +93,6 @@ def load_training_collection(name: str, n_docs: int = 3000, n_queries: int = 200
         queries[f"q{i}"] = row["query"]
         qrels[f"q{i}"] = {ids[row["positive"]]: 1}
     return RetrievalData(f"train:{name}", corpus, queries, qrels)
-
-
-def ndcg_at_k(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k: int = 10) -> float:
-    """Mean nDCG@k over the queries of ``qrels`` (trec_eval gains: the graded score; unretrieved queries count 0).
-
-    ``run`` maps query ids to ``{doc_id: score}``; ties are broken by document id, descending, as trec_eval does.
-    """
-    total = 0.0
-    n = 0
-    for qid, rels in qrels.items():
-        ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
-        if not ideal:
-            continue
-        n += 1
-        ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k]
-        dcg = sum(rels.get(doc, 0) / math.log2(rank + 2) for rank, (doc, _) in enumerate(ranked) if rels.get(doc, 0) > 0)
-        idcg = sum(rel / math.log2(rank + 2) for rank, rel in enumerate(ideal))
-        total += dcg / idcg
-    return total / n if n else 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,14 +51,6 @@ def test_soup_refuses_adapters_of_different_shapes(tmp_path, shipped):
         soup(tmp_path / "x", shipped, [(shipped, 1.0), (other, 1.0)])
 
 
-def test_ndcg10_counts_ranks_above_the_answer():
-    from lganna_rag.training.select import ndcg10
-
-    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.9]])
-    # query 0: answer 0 ranked first (1.0); query 1: answer 1 ranked second (1/log2(3))
-    assert ndcg10(scores, [0, 1]) == pytest.approx((1.0 + 1 / np.log2(3)) / 2)
-
-
 def test_held_out_queries_are_never_training_rows_of_that_config(data_root):
     from lganna_rag.training.data import source
     from lganna_rag.training.select import heldout_retrieval

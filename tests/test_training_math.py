@@ -1,12 +1,77 @@
-"""Mining rules and losses on hand-computed numbers."""
+"""Mining rules, the teacher's fusion and the losses (lganna_rag.objectives, the training engine) on hand-computed
+numbers."""
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from lganna_rag.training.losses import LGAnnaLoss, group_scores, info_nce, soft_label_kl, teacher_distribution
-from lganna_rag.training.teachers import keep_mask, mine_negatives
+from lganna_rag.objectives import (fusion_scores, group_scores, info_nce, keep_mask, make_reranker, self_distillation,
+                                   soft_label_kl, teacher_distribution)
+from lganna_rag.training.losses import LGAnnaLoss
+from lganna_rag.training.teachers import mine_negatives
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_recipes_math_has_one_home_and_adapt_needs_no_training_extra():
+    import lganna_rag.training.losses as losses
+    import lganna_rag.training.teachers as teachers
+
+    assert teachers.keep_mask is keep_mask and teachers.make_reranker is make_reranker  # old names still importable
+    assert losses.info_nce is info_nce and losses.soft_label_kl is soft_label_kl
+    # importing the math (and adapt) is cheap: no torch, sentence-transformers or bm25s until a function needs them
+    code = ("import sys, lganna_rag.objectives, lganna_rag.metrics, lganna_rag.adapt; "
+            "assert not {'torch', 'sentence_transformers', 'bm25s'} & set(sys.modules), sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    source = (REPO / "lganna_rag" / "adapt.py").read_text()
+    assert not re.findall(r"^\s*(?:from|import)\s+(?:lganna_rag\.training|\.training|sentence_transformers|bm25s)",
+                          source, re.MULTILINE)
+
+
+def test_fusion_hand_computed():
+    dense, bm25 = np.array([0.9, -0.2, 0.5]), np.array([2.0, 4.0, 0.0])
+    # 0.7 x dense clipped to [0, 1] + 0.3 x bm25 / 4
+    assert fusion_scores(dense, bm25).tolist() == pytest.approx([0.63 + 0.15, 0.3, 0.35])
+    assert fusion_scores(dense, np.zeros(3), 0.5).tolist() == pytest.approx([0.45, 0.0, 0.25])  # no BM25 match
+    name, score = make_reranker("fusion", 0.7)
+    assert name == "fusion(dense=0.7, bm25=0.3)"
+    assert score("q", ["a", "b", "c"], {"dense": dense, "bm25": bm25}).tolist() == pytest.approx([0.78, 0.3, 0.35])
+    with pytest.raises(ValueError, match="unknown reranker"):
+        make_reranker("bm25")
+
+
+def test_cross_encoder_teacher_scores_as_sentence_transformers_does(tmp_path):
+    """The cross-encoder stage 2 (transformers only) equals sentence-transformers' CrossEncoder.predict (sigmoid of
+    the one logit, long documents truncated) on a tiny random BERT."""
+    st = pytest.importorskip("sentence_transformers")
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lganna_rag.models import REGISTRY
+
+    tok = AutoTokenizer.from_pretrained(REGISTRY["minilm"].locate())
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64, num_labels=1)
+                                  ).save_pretrained(tmp_path / "ce")
+    tok.save_pretrained(tmp_path / "ce")
+    query, docs = "what temperature for green tea?", ["Use water below boiling.", "restart containers " * 400, "x"]
+    expected = st.CrossEncoder(str(tmp_path / "ce")).predict([(query, d) for d in docs], show_progress_bar=False)
+    name, score = make_reranker(f"cross-encoder:{tmp_path / 'ce'}")
+    assert name == f"cross-encoder({tmp_path / 'ce'})"
+    assert score(query, docs, {}).tolist() == pytest.approx(np.asarray(expected, dtype=np.float64).tolist(), abs=1e-6)
+
+
+def test_self_distillation_hand_computed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert self_distillation(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    # row 0 orthogonal to its base (1 - 0), row 1 opposite (1 - (-1)): mean 1.5
+    assert self_distillation(a, torch.tensor([[0.0, 3.0], [0.0, -1.0]])).item() == pytest.approx(1.5)
 
 
 def test_adaptive_margin_scales_with_the_positive():

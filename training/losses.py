@@ -2,7 +2,8 @@
 
 Why ours: the library's ``MultipleNegativesRankingLoss`` and ``DistillKLDivLoss`` each embed the batch; the
 paper trains on their weighted sum over one set of embeddings. The library's GradCache (``CachedLossMixin``)
-and ``all_gather_with_grad`` (cross-device negatives) are reused. The pure functions are unit tested.
+and ``all_gather_with_grad`` (cross-device negatives) are reused. The loss terms live in
+:mod:`lganna_rag.objectives` (shared with ``adapt``) and are unit tested.
 """
 
 from __future__ import annotations
@@ -10,49 +11,28 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import nn
 
+from lganna_rag.objectives import group_scores, info_nce, self_distillation, soft_label_kl, teacher_distribution
 
-def info_nce(queries: torch.Tensor, docs: torch.Tensor, group_size: int, temperature: float = 0.05,
-             offset: int = 0) -> torch.Tensor:
-    """Contrastive loss: query i's positive is ``docs`` row ``offset + i*group_size`` (its negatives follow);
-    every other row of ``docs`` (other groups, other devices) is a negative for it too."""
-    if docs.shape[0] < offset + queries.shape[0] * group_size:
-        raise ValueError(f"expected at least {offset + queries.shape[0] * group_size} docs, got {docs.shape[0]}")
-    logits = queries @ docs.T / temperature
-    target = offset + torch.arange(queries.shape[0], device=queries.device) * group_size
-    return F.cross_entropy(logits, target)
-
-
-def group_scores(queries: torch.Tensor, docs: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B, group_size) similarities of each query with its own candidate group (positive first)."""
-    return torch.einsum("bd,bgd->bg", queries, docs.view(queries.shape[0], group_size, -1))
-
-
-def teacher_distribution(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """Teacher soft labels: a temperature softmax over each row of teacher scores."""
-    return torch.softmax(scores / temperature, dim=-1)
-
-
-def soft_label_kl(student_scores: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """KL(teacher || student) over each query's candidates; student probabilities are softmax(scores / temperature)."""
-    log_student = F.log_softmax(student_scores / temperature, dim=-1)
-    return F.kl_div(log_student, teacher_probs, reduction="batchmean")
+__all__ = ["LGAnnaLoss", "group_scores", "info_nce", "self_distillation", "soft_label_kl", "teacher_distribution"]
 
 
 class LGAnnaLoss(CachedLossMixin, nn.Module):
-    """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) over columns anchor, positive,
-    negative_1..k; ``labels`` (B, 1 + k): teacher scores, softmaxed at ``soft_label_temperature`` (absent: InfoNCE)."""
+    """``contrastive_weight`` x InfoNCE + ``kl_weight`` x KL(teacher || student) + ``self_distill_weight`` x
+    :func:`self_distillation` over columns anchor, positive, negative_1..k. ``labels`` (B, 1 + k): teacher scores,
+    softmaxed at ``soft_label_temperature`` (absent: InfoNCE); with self-distillation each row continues with the
+    base model's vectors of its 2 + k texts (B, 1 + k + (2 + k) x dim)."""
 
     def __init__(self, model: Any, temperature: float = 0.05, contrastive_weight: float = 1.0, kl_weight: float = 1.0,
                  soft_label_temperature: float = 0.05, mini_batch_size: int | None = None,
-                 gather_across_devices: bool = False) -> None:
+                 gather_across_devices: bool = False, self_distill_weight: float = 0.0) -> None:
         """``mini_batch_size`` turns on GradCache; ``gather_across_devices`` adds other ranks' documents as negatives."""
         super().__init__()
         self.model, self.temperature, self.soft_label_temperature = model, temperature, soft_label_temperature
         self.contrastive_weight, self.kl_weight = contrastive_weight, kl_weight
+        self.self_distill_weight = self_distill_weight
         self.mini_batch_size, self.gather_across_devices = mini_batch_size or 0, gather_across_devices
         self.uses_gradient_cache = bool(mini_batch_size)  # the mixin's per-instance switch: GradCache when set
 
@@ -80,6 +60,13 @@ class LGAnnaLoss(CachedLossMixin, nn.Module):
                 every_doc = all_gather_with_grad(docs)
                 offset = torch.distributed.get_rank() * docs.shape[0]
             loss = loss + self.contrastive_weight * info_nce(queries, every_doc, group, self.temperature, offset)
+        if self.self_distill_weight:
+            if labels is None or labels.dim() != 2 or labels.shape[1] != group + (group + 1) * queries.shape[1]:
+                raise ValueError("self-distillation needs the base model's vectors in the labels (add_base_vectors)")
+            student = torch.stack([queries, *columns], dim=1)
+            base = labels[:, group:].to(queries.device).view(student.shape)
+            loss = loss + self.self_distill_weight * self_distillation(student.flatten(0, 1), base.flatten(0, 1))
+            labels = labels[:, :group]
         if self.kl_weight and labels is not None and labels.dim() == 2:
             if labels.shape[1] != group:
                 raise ValueError(f"teacher labels have {labels.shape[1]} scores per query but the batch has {group} documents")
@@ -94,4 +81,5 @@ class LGAnnaLoss(CachedLossMixin, nn.Module):
         """Hyper-parameters, for the model card."""
         return {"temperature": self.temperature, "contrastive_weight": self.contrastive_weight,
                 "kl_weight": self.kl_weight, "soft_label_temperature": self.soft_label_temperature,
+                "self_distill_weight": self.self_distill_weight,
                 "mini_batch_size": self.mini_batch_size, "gather_across_devices": self.gather_across_devices}

@@ -15,10 +15,10 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralModel
 
-from lganna_rag.models import REGISTRY, ModelConfig
+from lganna_rag.models import DECODER_LORA_TARGETS, REGISTRY, ModelConfig
 from lganna_rag.questions import gguf_path
 from lganna_rag.prompts import (PROMPT_VERSION, Task, get_task, query_prefix, render_query, task_names,
-                                uses_instruction)
+                                uses_instruction, with_model_instruction)
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(DECODER_LORA_TARGETS))
 
 
 def smollm2_dir(cache: Path) -> Path:
@@ -97,9 +97,10 @@ def task_prefix(task: Task, template: str) -> str | None:
     return query_prefix(render_query("q", Task(task.name, task.instruction), template), "q")
 
 
-def query_prompts(template: str | None, task_names_used: list[str], task_types: list[str] | None = None) -> dict[str, str]:
+def query_prompts(template: str | None, task_names_used: list[str], task_types: list[str] | None = None,
+                  task_instructions: dict[str, str] | None = None) -> dict[str, str]:
     """sentence-transformers prompts (name -> prefix) for every registered task and the training tasks
-    (``""`` for tasks whose type gets no instruction: ``task_types``)."""
+    (``""`` for tasks whose type gets no instruction: ``task_types``; ``task_instructions`` replace a type's own)."""
     if template is None:
         return {}
     out = {}
@@ -108,6 +109,7 @@ def query_prompts(template: str | None, task_names_used: list[str], task_types: 
             task = get_task(name)
         except KeyError:
             continue
+        task = with_model_instruction(task, task_instructions)
         prefix = task_prefix(task, template) if uses_instruction(task, task_types) else ""
         if prefix is not None:
             out[task.name] = prefix
@@ -116,7 +118,7 @@ def query_prompts(template: str | None, task_names_used: list[str], task_types: 
 
 def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bool, append_eos: bool,
            prompt_template: str | None, max_length: int, provenance: dict[str, Any],
-           instruction_task_types: list[str] | None = None) -> Path:
+           instruction_task_types: list[str] | None = None, task_instructions: dict[str, str] | None = None) -> Path:
     """Write a model directory that ``LGAnnaEncoder`` and ``SentenceTransformer`` both load: the LoRA adapter
     (``lganna.json`` names ``base``) or full weights, the pooling and a sentence-transformers prompt per task."""
     out.mkdir(parents=True, exist_ok=True)
@@ -124,12 +126,13 @@ def export(model: Any, out: Path, *, base: str, pooling: str, include_prompt: bo
     model.save_pretrained(str(out), safe_serialization=True)  # PEFT's adapter_config names the base's directory
     st_cfg_path = out / "config_sentence_transformers.json"
     st_cfg = json.loads(st_cfg_path.read_text()) if st_cfg_path.is_file() else {}
-    prompts = query_prompts(prompt_template, provenance.get("tasks", []), instruction_task_types)
+    prompts = query_prompts(prompt_template, provenance.get("tasks", []), instruction_task_types, task_instructions)
     st_cfg["prompts"] = {"query": prompts.get("retrieval", ""), "document": "", **prompts} if prompts else {}
     st_cfg["default_prompt_name"] = None
     st_cfg_path.write_text(json.dumps(st_cfg, indent=2) + "\n")
     ModelConfig(pooling=pooling, normalize=True, append_eos=append_eos, max_length=max_length,
                 prompt_template=prompt_template, prompt_version=PROMPT_VERSION, include_prompt=include_prompt,
-                instruction_task_types=instruction_task_types, base_model=base if has_adapter else None,
+                instruction_task_types=instruction_task_types, task_instructions=task_instructions,
+                base_model=base if has_adapter else None,
                 provenance=provenance).save(out)
     return out

@@ -1,9 +1,10 @@
 """Choose among trained models without reading a test split, and make weight-space variants to choose from.
 
 ``score``: held-out retrieval on the training sources (queries never trained on, searched in one pooled corpus of
-their answers and of distractor passages from the same sources) plus ``bench quality --dev`` (the dev/validation
-splits of WikiQA, STSBenchmark, AmazonCounterfactual, SST2 and Clinc150). The selection score is the mean of the
-four task-type means (retrieval, reranking, STS, classification). ``soup``: a LoRA adapter equal to a weighted sum
+their answers and of distractor passages from the same sources), held-out clustering (texts of the labelled sources'
+untrained rows, clustered by label), plus ``bench quality --dev`` (the dev/validation splits of WikiQA,
+STSBenchmark, AmazonCounterfactual, SST2 and Clinc150). The selection score is the mean of the five task-type means
+(retrieval, clustering, reranking, STS, classification). ``soup``: a LoRA adapter equal to a weighted sum
 of adapters' weight deltas (ranks concatenated, so the sum is exact), e.g. ``0.5 x`` one adapter (halfway to the
 base model, as WiSE-FT interpolates) or the mean of two runs' adapters.
 
@@ -29,6 +30,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from lganna_rag.metrics import answer_ranks, ndcg_of_ranks
 from lganna_rag.prompts import Task
 
 from .data import source, write_json
@@ -73,34 +75,77 @@ def heldout_retrieval(cfg: TrainConfig, n_queries: int = 100, n_distractors: int
     return HeldOut(list(corpus), queries, sizes)
 
 
-def ndcg10(scores: np.ndarray, answers: list[int]) -> float:
-    """Mean nDCG@10 of score rows (queries x corpus), each query with one relevant document."""
-    target = scores[np.arange(len(answers)), answers]
-    ranks = (scores > target[:, None]).sum(axis=1)  # documents scored above the answer (ties count for it)
-    return float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0)))
+def heldout_clustering(cfg: TrainConfig, n_texts: int = 2000, root: Path | None = None) -> dict[str, tuple[list[str], list[str]]]:
+    """Per labelled source of ``cfg`` (e.g. agnews: 4 topics, banking77: 77 intents), up to ``n_texts`` texts of rows
+    that ``cfg`` never trains on, with their labels: topic clustering on held-out data (the suite's weakest spot)."""
+    sources = [source(s) for s in cfg.sources]
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for src, (dev, _, unused) in zip(sources, split_rows(cfg, sources, random.Random(cfg.seed), root)):
+        rows = [ex for ex in dev + unused if ex.label is not None]
+        texts = list(dict.fromkeys((ex.positive, str(ex.label)) for ex in rows))[:n_texts]
+        if len({label for _, label in texts}) >= 2:
+            out[src.name] = ([t for t, _ in texts], [label for _, label in texts])
+    return out
+
+
+def score_clustering(model: str, sets: dict[str, tuple[list[str], list[str]]], seeds: int = 5) -> dict[str, float]:
+    """V-measure x 100 of k-means (k = the number of labels, mean over ``seeds`` runs) per held-out set; texts are
+    embedded plain, as the clustering tasks of the suite embed them."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import v_measure_score
+
+    from lganna_rag.encoder import LGAnnaEncoder
+
+    enc = LGAnnaEncoder.from_pretrained(model, precision="fp32")
+    out = {}
+    for name, (texts, labels) in sets.items():
+        vectors = enc.encode_documents(texts, batch_size=64, show_progress_bar=True)
+        k = len(set(labels))
+        runs = [v_measure_score(labels, KMeans(k, n_init=1, random_state=s).fit_predict(vectors)) for s in range(seeds)]
+        out[name] = round(100 * float(np.mean(runs)), 2)
+    return out
+
+
+_CORPUS: dict[tuple[str, ...], np.ndarray] = {}
+
+
+def _corpus_vectors(enc: Any, corpus: list[str], batch_size: int) -> np.ndarray:
+    """The corpus embedded as documents; reused within one process by models whose weights and document settings
+    are the same files (e.g. variants that differ only in their query instructions)."""
+    weights = sorted(str(p.resolve()) for p in Path(enc.model.name_or_path).glob("*.safetensors"))
+    c = enc.config
+    key = (*weights, str(enc.adapter_dir), c.pooling, str(c.max_length), str(c.normalize), str(len(corpus)))
+    if key not in _CORPUS:
+        _CORPUS[key] = enc.encode_documents(corpus, batch_size=batch_size, show_progress_bar=True)
+    return _CORPUS[key]
 
 
 def score_heldout(model: str, held: HeldOut, batch_size: int = 64) -> dict[str, float]:
     """nDCG@10 x 100 per source for the model (a registered name or directory), queries with their task's prompt."""
     from lganna_rag.encoder import LGAnnaEncoder
 
-    enc = LGAnnaEncoder.from_pretrained(model)
-    docs = enc.encode_documents(held.corpus, batch_size=batch_size, show_progress_bar=True)
+    enc = LGAnnaEncoder.from_pretrained(model, precision="fp32")
+    docs = _corpus_vectors(enc, held.corpus, batch_size)
     out = {}
     for name, (task, pairs) in tqdm(held.queries.items(), desc="held-out queries"):
         q = enc.encode_queries([p[0] for p in pairs], task=task, batch_size=batch_size)
-        out[name] = round(100 * ndcg10(q @ docs.T, [p[1] for p in pairs]), 2)
+        ranks = answer_ranks(q @ docs.T, [p[1] for p in pairs])  # ties count for the answer
+        out[name] = round(100 * ndcg_of_ranks(ranks, 10), 2)
     return out
 
 
-def selection_summary(heldout: dict[str, float], dev_result: dict[str, Any]) -> dict[str, Any]:
-    """Type means (held-out retrieval; the dev-split tasks by type) and their mean, the selection score."""
+def selection_summary(heldout: dict[str, float], dev_result: dict[str, Any],
+                      clustering: dict[str, float] | None = None) -> dict[str, Any]:
+    """Type means (held-out retrieval; held-out clustering; the dev-split tasks by type) and their mean, the
+    selection score."""
     by_type: dict[str, list[float]] = {"retrieval": [mean(heldout.values())]}
+    if clustering:
+        by_type["clustering"] = list(clustering.values())
     for entry in dev_result["tasks"].values():
         by_type.setdefault(entry["type"], []).append(entry["main_score"])
     types = {t: round(mean(v), 2) for t, v in by_type.items()}
     return {"selection_score": round(mean(types.values()), 2), "by_type": types, "heldout": heldout,
-            "dev_tasks": {k: v["main_score"] for k, v in dev_result["tasks"].items()}}
+            "clustering": clustering or {}, "dev_tasks": {k: v["main_score"] for k, v in dev_result["tasks"].items()}}
 
 
 def soup(out: Path, template: Path, parts: list[tuple[Path, float]]) -> Path:
@@ -150,19 +195,28 @@ def main() -> None:
 @click.option("--queries", default=100, show_default=True, help="Held-out queries per asymmetric source.")
 @click.option("--distractors", default=1000, show_default=True, help="Extra held-out passages per source.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/select"), show_default=True)
-def score_cmd(config: Path, models: tuple[str, ...], queries: int, distractors: int, out_dir: Path) -> None:
-    """Score MODELS (registered names or directories) on held-out retrieval and the dev splits; one JSON each."""
+@click.option("--clustering/--no-clustering", default=True, show_default=True,
+              help="Also cluster held-out texts of the config's labelled sources (the clustering part of the score).")
+def score_cmd(config: Path, models: tuple[str, ...], queries: int, distractors: int, out_dir: Path,
+              clustering: bool) -> None:
+    """Score MODELS (registered names or directories) on held-out retrieval and clustering and the dev splits;
+    one JSON each."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local data and installed models only
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from lganna_rag.benchmarks.quality import run_quality
 
-    held = heldout_retrieval(load_config(config), queries, distractors)
-    click.echo(f"held-out retrieval: {json.dumps(held.sizes)}")
+    cfg = load_config(config)
+    held = heldout_retrieval(cfg, queries, distractors)
+    clusters = heldout_clustering(cfg) if clustering else {}
+    sizes = {**held.sizes, "clustering": {k: len(v[0]) for k, v in clusters.items()}}
+    click.echo(f"held-out retrieval and clustering: {json.dumps(sizes)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for model in models:
         heldout = score_heldout(model, held)
+        clustered = score_clustering(model, clusters) if clusters else None
         (label, dev), = run_quality([model], dev=True, out_dir=out_dir, progress=click.echo).items()
-        summary = {"model": model, "config": str(config), "sizes": held.sizes, **selection_summary(heldout, dev)}
+        summary = {"model": model, "config": str(config), "sizes": sizes,
+                   **selection_summary(heldout, dev, clustered)}
         write_json(out_dir / f"{label}.select.json", summary)
         click.echo(f"{model}: selection {summary['selection_score']}  {json.dumps(summary['by_type'])}  "
                    f"held-out {json.dumps(heldout)}")

@@ -1,13 +1,15 @@
 """Teacher labels: stage 1 candidates (BM25 + a dense retriever), stage 2 reranker scores; cached on disk.
 
 Each query's candidates are the top ``n_candidates`` of BM25 (bm25s) and of the dense model (all-MiniLM-L6-v2
-by default) among its own source's documents. Stage 2 is a sentence-transformers ``CrossEncoder`` directory
-when given, else (no cross-encoder offline) a calibrated fusion of the stage-1 scores.
+by default) among its own source's documents. Stage 2 (:func:`lganna_rag.objectives.make_reranker`, shared with
+``adapt``) is a local cross-encoder directory when given, else (no cross-encoder offline) a calibrated fusion of the
+stage-1 scores.
 
-Mining filters each query's candidates by the teacher's scores (larger = more relevant, the positive's > 0):
-``adaptive`` keeps negatives below ``perc`` x the positive's score (NV-Retriever's TopK-PercPos; the library's
-``mine_hard_negatives(relative_margin=1 - perc)`` has the rule but scores with one dense model, not this teacher),
-``margin`` below the positive's score minus ``margin``, ``fixed`` below ``threshold``, ``none`` keeps all.
+Mining filters each query's candidates by the teacher's scores (larger = more relevant, the positive's > 0) with
+:func:`lganna_rag.objectives.keep_mask`: ``adaptive`` keeps negatives below ``perc`` x the positive's score
+(NV-Retriever's TopK-PercPos; the library's ``mine_hard_negatives(relative_margin=1 - perc)`` has the rule but scores
+with one dense model, not this teacher), ``margin`` below the positive's score minus ``margin``, ``fixed`` below
+``threshold``, ``none`` keeps all.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Sequence, TypeVar
+from typing import Hashable, Iterable, Sequence, TypeVar
 
 import bm25s
 import numpy as np
 
 from lganna_rag import LGAnnaEncoder
+from lganna_rag.objectives import MODES, Scorer, keep_mask, make_reranker
 
 from .data import Example, write_json
 
+__all__ = ["MODES", "Scorer", "TeacherConfig", "TeacherRecord", "build_teacher_labels", "keep_mask", "make_reranker",
+           "mine_negatives"]
 logger = logging.getLogger(__name__)
 C = TypeVar("C", bound=Hashable)
 
@@ -52,34 +57,6 @@ class TeacherRecord:
     positive_score: float
 
 
-Scorer = Callable[[str, Sequence[str], dict[str, np.ndarray]], np.ndarray]
-
-
-def make_reranker(cfg: TeacherConfig) -> tuple[str, Scorer]:
-    """The configured stage 2: its name and a scorer of (query, candidates, their stage-1 ``bm25``/``dense`` scores)."""
-    if cfg.reranker == "fusion":  # w * dense cosine + (1 - w) * bm25 / the query's best bm25 (both in [0, 1])
-        w = cfg.fusion_dense_weight
-
-        def fuse(query: str, docs: Sequence[str], stage1: dict[str, np.ndarray]) -> np.ndarray:
-            bm25 = stage1["bm25"]
-            top = bm25.max() if bm25.size and bm25.max() > 0 else 1.0
-            return w * np.clip(stage1["dense"], 0, 1) + (1 - w) * bm25 / top
-
-        return f"fusion(dense={w:g}, bm25={1 - w:g})", fuse
-    if cfg.reranker.startswith("cross-encoder:"):  # a local CrossEncoder (no remote code), squashed by a sigmoid
-        from sentence_transformers import CrossEncoder
-
-        path = cfg.reranker.split(":", 1)[1]
-        model = CrossEncoder(path, trust_remote_code=False)
-
-        def cross(query: str, docs: Sequence[str], stage1: dict[str, np.ndarray]) -> np.ndarray:
-            logits = np.asarray(model.predict([(query, d) for d in docs], show_progress_bar=False), dtype=np.float64)
-            return 1 / (1 + np.exp(-logits)) if logits.min() < 0 or logits.max() > 1 else logits
-
-        return f"cross-encoder({path})", cross
-    raise ValueError(f"unknown reranker {cfg.reranker!r}; use 'fusion' or 'cross-encoder:<directory>'")
-
-
 def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: TeacherConfig,
                          cache_dir: Path | None = None) -> tuple[list[TeacherRecord], str]:
     """Stage 1 + stage 2 for ``examples`` over ``docs`` (every positive and given negative): the records and the
@@ -99,7 +76,7 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
     logger.info("teacher: dense-encoding %d queries and %d documents with %s", len(queries), len(docs), cfg.dense)
     q_vec = encoder.encode_queries(queries, batch_size=cfg.batch_size, show_progress_bar=True)
     d_vec = encoder.encode_documents(docs, batch_size=cfg.batch_size, show_progress_bar=True)
-    reranker, score = make_reranker(cfg)
+    reranker, score = make_reranker(cfg.reranker, cfg.fusion_dense_weight)
     records: dict[int, TeacherRecord] = {}
     for src in dict.fromkeys(ex.source for ex in examples):  # candidates come from the source's own documents
         idx = [i for i, ex in enumerate(examples) if ex.source == src]
@@ -125,20 +102,6 @@ def build_teacher_labels(examples: Sequence[Example], docs: list[str], cfg: Teac
     if cache is not None:  # atomic: under torchrun every rank computes the labels and writes the same cache
         write_json(cache, {"reranker": reranker, "config": asdict(cfg), "records": [asdict(r) for r in done]})
     return done, reranker
-
-
-MODES = ("adaptive", "margin", "fixed", "none")
-
-
-def keep_mask(pos_score: float, neg_scores: Sequence[float], mode: str = "adaptive", *, perc: float = 0.95,
-              margin: float = 0.05, threshold: float = 0.7) -> list[bool]:
-    """Which negatives survive the ambiguity filter (True = usable as a negative)."""
-    if mode == "none":
-        return [True] * len(neg_scores)
-    limits = {"adaptive": perc * pos_score, "margin": pos_score - margin, "fixed": threshold}
-    if mode not in limits:
-        raise ValueError(f"unknown mining mode {mode!r}; choose one of {MODES}")
-    return [s < limits[mode] for s in neg_scores]
 
 
 def mine_negatives(candidates: Sequence[C], scores: Sequence[float], positives: Iterable[C], pos_score: float,

@@ -34,8 +34,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from lganna_rag.data import data_dir, read_jsonl
 from lganna_rag.encoder import _is_decoder
+from lganna_rag.metrics import answer_ranks, mrr_of_ranks
 from lganna_rag.models import REGISTRY
-from lganna_rag.prompts import Task, render_query, uses_instruction
+from lganna_rag.prompts import Task, render_query, uses_instruction, with_model_instruction
 
 from .data import SOURCES, Example, ExamplePool, Source, check_leakage, icl_count, load_examples, source, write_json
 from .losses import LGAnnaLoss
@@ -69,6 +70,8 @@ class TrainConfig:
     pooling: str | None = None  # None: "last" for decoders (EOS appended), "mean" for encoders
     include_prompt: bool = False  # mean pooling: average the instruction tokens too (False: attend, don't average)
     use_instructions: bool = True
+    prompt_template: str = "e5"  # the query template (lganna_rag.prompts.TEMPLATES); e.g. "prefix" for bge models
+    task_instructions: dict[str, str] | None = None  # task type -> one instruction replacing the tasks' own (bge)
     instruction_task_types: list[str] | None = None  # None: every task; e.g. [retrieval, reranking]: others plain
     icl_max_examples: int = 0
     icl_p_zero: float = 0.5
@@ -90,6 +93,9 @@ class TrainConfig:
     temperature: float = 0.05
     contrastive_weight: float = 1.0
     kl_weight: float = 1.0
+    # self-distillation: weight x mean(1 - cos(student, base model)) over every text of a batch, the base's vectors
+    # computed once before training (keeps the base's geometry for what the recipe does not train)
+    self_distill_weight: float = 0.0
     mini_batch_size: int | None = None  # GradCache mini-batches (large batches in little memory)
     gather_across_devices: bool = False  # other ranks' documents as extra negatives
     # optimisation (Trainer arguments)
@@ -101,6 +107,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     eval_every: int = 100
     save_every: int = 100
+    keep_checkpoints: int | None = 2  # checkpoints kept on disk (the best and the last); None keeps every one
     time_budget_minutes: float | None = None
     cache_dir: str = "runs/cache"
     export_dir: str | None = None  # default: <output_dir>/final
@@ -149,6 +156,7 @@ class Style:
     prompt_as_prefix: bool  # mean pooling without prompt tokens: ST prompts (prompt_length is tracked)
     eos_text: str  # appended to every text for last-token models whose tokenizer adds no EOS
     task_types: list[str] | None = None  # task types that get instructions (None: all)
+    task_instructions: dict[str, str] | None = None  # task type -> the model's one instruction for it
 
     def prompted(self, task: Task | None) -> bool:
         """Whether ``task``'s texts carry an instruction at all."""
@@ -158,11 +166,11 @@ class Style:
         """A text as the model reads it: plain (``task`` None, or the prompt is a ST prefix) or with its prompt."""
         if not self.prompted(task) or self.prompt_as_prefix:
             return text + self.eos_text
-        return render_query(text, task, self.template) + self.eos_text
+        return render_query(text, with_model_instruction(task, self.task_instructions), self.template) + self.eos_text
 
     def prefix(self, task: Task) -> str:
         """The sentence-transformers prompt for ``task`` (instruction only; examples are inline)."""
-        return task_prefix(task, self.template or "e5") or ""
+        return task_prefix(with_model_instruction(task, self.task_instructions), self.template or "e5") or ""
 
 
 def split_rows(cfg: TrainConfig, sources: list[Source], rng: random.Random,
@@ -235,6 +243,42 @@ def prepare(cfg: TrainConfig, style: Style, root: Path | None = None) -> Prepare
     return Prepared(datasets, prompts, tasks, symmetric, dev, reranker, stats)
 
 
+def add_base_vectors(prep: Prepared, model: Any, cache_dir: Path, base: str) -> None:
+    """Append the untrained model's vector of every text of a row to its ``label`` (after the teacher scores), for
+    the self-distillation term. ``model`` must still be the base (a fresh LoRA adapter changes nothing). Cached on
+    disk by a fingerprint of the base and the texts."""
+    import hashlib
+
+    columns = [c for c in next(iter(prep.datasets.values())) if c != "label"]
+    h = hashlib.sha256(f"{base}|{model.get_sentence_embedding_dimension()}".encode())
+    for name, table in prep.datasets.items():
+        for c in columns:
+            h.update(f"{name}|{c}|{prep.prompts.get(name, {}).get(c, '')}|".encode())
+            h.update("\x00".join(table[c]).encode())
+    path = cache_dir / f"base-vectors-{h.hexdigest()[:16]}.npy"
+    if path.is_file():
+        vectors = np.load(path, allow_pickle=False)
+    else:
+        parts = []
+        for name, table in prep.datasets.items():
+            for c in columns:
+                prompt = prep.prompts.get(name, {}).get(c) or None
+                logger.info("self-distillation: base vectors of %s/%s (%d texts)", name, c, len(table[c]))
+                parts.append(model.encode(table[c], prompt=prompt, batch_size=64, convert_to_numpy=True,
+                                          show_progress_bar=sys.stderr.isatty()).astype(np.float32))
+        vectors = np.concatenate(parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path.with_suffix(".tmp.npy"), vectors, allow_pickle=False)
+        path.with_suffix(".tmp.npy").replace(path)
+    start = 0
+    for name, table in prep.datasets.items():
+        n = len(table["label"])
+        per_column = [vectors[start + j * n: start + (j + 1) * n] for j in range(len(columns))]
+        start += n * len(columns)
+        table["label"] = [list(table["label"][i]) + np.concatenate([v[i] for v in per_column]).tolist()
+                          for i in range(n)]
+
+
 class DevEvaluator(SentenceEvaluator):
     """A sentence-transformers evaluator: ``dev_score`` = mean of STSB dev Spearman and retrieval dev MRR@10."""
 
@@ -264,13 +308,12 @@ class DevEvaluator(SentenceEvaluator):
         dev = [ex for ex in self.prep.dev if not self.prep.symmetric.get(ex.source, False)]
         if dev:
             docs = self.encode(model, [ex.positive for ex in dev], None, False)
-            rr: list[float] = []
+            ranks: list[int] = []
             for src in sorted({ex.source for ex in dev}):
                 idx = [i for i, ex in enumerate(dev) if ex.source == src]
                 q = self.encode(model, [dev[i].query for i in idx], src, True)
-                ranks = ((-(q @ docs.T)).argsort(axis=1) == np.array(idx)[:, None]).argmax(axis=1)  # 0: ranked first
-                rr += [1.0 / (int(r) + 1) if r < 10 else 0.0 for r in ranks]
-            out["retrieval_dev_mrr10"] = round(100 * float(np.mean(rr)), 2)
+                ranks += answer_ranks(q @ docs.T, idx, ties="argsort").tolist()
+            out["retrieval_dev_mrr10"] = round(100 * mrr_of_ranks(ranks, 10), 2)
             parts.append(out["retrieval_dev_mrr10"])
         out["dev_score"] = round(float(np.mean(parts)), 2) if parts else 0.0
         return {f"{self.name}_{k}": v for k, v in out.items()}
@@ -359,20 +402,23 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
                         dtype=cfg.dtype, lora=cfg.lora, device=device, seed=cfg.seed)
     tok = model[0].tokenizer
     eos_text = tok.eos_token if decoder and tok.eos_token and tok("a")["input_ids"][-1] != tok.eos_token_id else ""
-    template = "e5" if cfg.use_instructions else None
-    style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text, cfg.instruction_task_types)
+    template = cfg.prompt_template if cfg.use_instructions else None
+    style = Style(template, pooling == "mean" and not cfg.include_prompt, eos_text, cfg.instruction_task_types,
+                  cfg.task_instructions)
     prep = prepare(cfg, style, root)
+    if cfg.self_distill_weight:
+        add_base_vectors(prep, model, Path(cfg.cache_dir), cfg.base_model)
     evaluator = DevEvaluator(prep, style, sts_dev_pairs(cfg.dev_sts_pairs, cfg.seed, root))
     loss = LGAnnaLoss(model, temperature=cfg.temperature, contrastive_weight=cfg.contrastive_weight,
                       kl_weight=cfg.kl_weight, soft_label_temperature=cfg.soft_label_temperature,
-                      mini_batch_size=cfg.mini_batch_size, gather_across_devices=cfg.gather_across_devices)
+                      self_distill_weight=cfg.self_distill_weight, mini_batch_size=cfg.mini_batch_size, gather_across_devices=cfg.gather_across_devices)
     out = Path(cfg.output_dir)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out), max_steps=max_steps or cfg.steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
         eval_strategy="steps", eval_steps=cfg.eval_every, save_strategy="steps", save_steps=cfg.save_every,
-        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=f"eval_{evaluator.primary_metric}",
+        save_total_limit=cfg.keep_checkpoints, load_best_model_at_end=True, metric_for_best_model=f"eval_{evaluator.primary_metric}",
         greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_every)), report_to="none",
         use_cpu=device == "cpu", bf16=cfg.dtype == "bfloat16" and device != "cpu",
         gradient_checkpointing=cfg.gradient_checkpointing, prompts=prep.prompts or None,
@@ -401,6 +447,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
     summary = {
         "name": cfg.name, "base_model": cfg.base_model, "pooling": pooling, "include_prompt": cfg.include_prompt,
         "prompt_template": template, "instruction_task_types": cfg.instruction_task_types,
+        "task_instructions": cfg.task_instructions,
         "lora": dataclasses.asdict(cfg.lora) if cfg.lora else None, "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "max_length": cfg.max_length, "teacher": {**dataclasses.asdict(cfg.teacher), "reranker": prep.reranker},
@@ -414,7 +461,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, r
         base_ref = cfg.base_model if cfg.base_model in REGISTRY else base_dir  # smollm2: the converted folder
         export_dir = export(trainer.model, Path(cfg.export_dir or out / "final"), base=base_ref, pooling=pooling,
                             include_prompt=cfg.include_prompt, append_eos=decoder, prompt_template=template,
-                            instruction_task_types=cfg.instruction_task_types,
+                            instruction_task_types=cfg.instruction_task_types, task_instructions=cfg.task_instructions,
                             max_length=cfg.serve_max_length or cfg.max_length, provenance=summary)
         logger.info("exported to %s", export_dir)
     return TrainResult(export_dir, summary, trainer.model)
