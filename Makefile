@@ -35,7 +35,7 @@ install: $(STAMP)
 install-light: $(LIGHT)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo 'pytest collected no tests: failing' >&2; fi; exit $$rc
 
 # The main job on the example folder: index examples/docs into the default local store and collection

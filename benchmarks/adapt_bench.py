@@ -2,7 +2,7 @@
 
 For each task: the corpus (only) is indexed into a fresh local collection with the model; the test
 queries are searched (dense and hybrid, through ``Index.search``); the collection is adapted with
-``Index.adapt(minutes)`` (pseudo-queries from the corpus: the test queries and qrels are never seen by
+``adapt_index(index, minutes)`` (pseudo-queries from the corpus: the test queries and qrels are never seen by
 adapt; a check below proves no pseudo-query equals a test query); the same queries are searched again
 with the adapter (query side: the stored document vectors are the base model's, and adapt trains the
 query encoder against exactly those vectors; ``--both-sides``, which re-embedded the corpus with an adapter
@@ -34,10 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lganna_rag.adapt import DEFAULT_KINDS, AdaptError, iter_kinds, make_pseudo_queries, words
+from lganna_rag.adapt import DEFAULT_KINDS, AdaptError, adapt_index, iter_kinds, make_pseudo_queries, words
 from lganna_rag.index import Index
+from lganna_rag.metrics import ndcg_at_k
 
-from .tasks import load_retrieval, load_training_collection, ndcg_at_k
+from .tasks import load_retrieval, load_training_collection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -99,7 +100,7 @@ def run_task(task: str, model: str, minutes: float, workdir: Path, seed: int,
     }
     t0 = time.perf_counter()
     try:
-        report = index.adapt(minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model,
+        report = adapt_index(index, minutes, kinds=kinds, questions=questions, seed=seed, teacher_model=teacher_model,
                              progress=show, **({"lr": lr} if lr else {}))
     except AdaptError as exc:  # e.g. no usable pseudo-query: recorded, and the search stays the base model's
         print(f"{task}: adapt refused: {exc}", flush=True)

@@ -33,9 +33,11 @@ import numpy as np
 
 from lganna_rag.encoder import LGAnnaEncoder
 from lganna_rag.index import Index
-from lganna_rag.ingest import discover, load_file
+from lganna_rag.ingest import Chunker, discover, load_file
+from lganna_rag.metrics import ndcg_at_k
+from lganna_rag.sync import chunk_settings
 
-from .tasks import RETRIEVAL_TASKS, load_retrieval, ndcg_at_k
+from .tasks import RETRIEVAL_TASKS, load_retrieval
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parent / "cache" / "index_bench"
@@ -73,8 +75,9 @@ def measure_overhead(encoder: LGAnnaEncoder, n_docs: int, workdir: Path) -> dict
     for doc_id, _ in zip(data.corpus, range(n_docs)):
         doc = data.corpus[doc_id]
         (folder / f"{doc_id}.txt").write_text(f"{doc['title']}\n\n{doc['text']}\n", encoding="utf-8")
-    probe = Index(workdir / "probe", encoder=encoder)  # only to get the chunker with the default settings
-    chunker = probe._get_chunker(probe._chunking(None, None))
+    probe = Index(workdir / "probe", encoder=encoder)  # only to get the chunk settings a new collection gets
+    settings = chunk_settings(probe.record, lambda: encoder, None, None)
+    chunker = Chunker(encoder.tokenizer, settings["size"], settings["overlap"])
     texts = [c.text for ref in discover([folder]).files for c in chunker.split(load_file(ref).text)]
     encoder.encode_documents(texts[:64])  # warm-up
 

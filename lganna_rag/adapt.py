@@ -18,7 +18,7 @@
    chunks (at most :data:`DEV_MAX`) are held out as the dev split that decides whether the adapter is kept.
 2. **Teacher** (:func:`teacher_labels`): candidates from the collection's two searches (dense top 20 over its
    stored vectors, BM25 top 20 over its sparse vectors: the halves of its hybrid search), graded by the
-   engine's stage 2 (:func:`lganna_rag.training.teachers.make_reranker`: 0.7 x dense cosine + 0.3 x BM25 /
+   engine's stage 2 (:func:`lganna_rag.objectives.make_reranker`: 0.7 x dense cosine + 0.3 x BM25 /
    best BM25, or a cross-encoder) and the engine's adaptive-margin rule marks the candidates scored at least
    95% of the positive as ambiguous (probably unlabelled positives): never used as negatives. The fusion
    grades by score (graded labels for the KL term) rather than by rank fusion (RRF, which search uses).
@@ -59,6 +59,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from .metrics import mrr_at_k
+from .models import lora_targets
+from .objectives import keep_mask, make_reranker, soft_label_kl, teacher_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import LGAnnaEncoder
@@ -233,8 +237,7 @@ def split_dev(queries: Sequence[PseudoQuery], fraction: float = 0.1, max_dev: in
 
 def mrr_at_10(ranked: Sequence[Sequence[str]], wanted: Sequence[str]) -> float:
     """Mean reciprocal rank (x100) of ``wanted[i]`` in ``ranked[i]`` (0 when not in the first 10)."""
-    rr = [next((1.0 / (r + 1) for r, pid in enumerate(ids[:10]) if pid == w), 0.0) for ids, w in zip(ranked, wanted)]
-    return round(100 * float(np.mean(rr)), 2) if rr else 0.0
+    return round(100 * mrr_at_k(ranked, wanted, 10), 2)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -281,19 +284,10 @@ class AdaptProgress:
 # ------------------------------------------------------------------------------------------ the run
 def adapter_root(index: "Index") -> Path:
     """Where a local collection keeps its adapters (``<store>/<collection>/adapters``)."""
-    from .stores import EdgeBackend
-
-    if not isinstance(index.backend, EdgeBackend):
+    if index.adapters_dir is None:
         raise AdaptError("adapt keeps the adapter beside the collection's files: it works on a local store "
                          "(--path), not on a Qdrant server (--url)")
-    return index.backend.dir / "adapters"
-
-
-def _lora_targets(model_type: str) -> list[str]:
-    """The LoRA target modules of a model family (attention and feed-forward projections)."""
-    if model_type in ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra"):
-        return ["query", "key", "value", "dense"] if model_type != "mpnet" else ["q", "k", "v", "o", "dense"]
-    return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return index.adapters_dir
 
 
 def lr_factor(step: int, steps: int, warmup: int, start: float, deadline: float, now: float) -> float:
@@ -354,7 +348,7 @@ def adapt_index(
     deadline = t0 + minutes * 60
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes!r}")
-    meta = index._require()
+    meta = index.require()
     base = meta["model"]["name"]
     if base in REGISTRY and REGISTRY[base].kind == "static":
         raise AdaptError(f"model {base!r} is a static token table: it has no layers a LoRA adapter can train")
@@ -430,13 +424,10 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
     report.dev_mrr_base = mrr_at_10(dense_ranking(index, base_encoder, [p.query for p in dev_q]), wanted)
 
     # 2. the stored vectors (fixed: only the query side trains) and the teacher's graded candidates
-    try:  # the training extra, imported only here
+    try:  # a dependency of lganna-rag: checked before the teacher's work, not after it
         import peft  # noqa: F401
-
-        import lganna_rag.training.teachers  # noqa: F401
     except ImportError as exc:
-        raise AdaptError(f"adapt trains a LoRA adapter, which needs {exc.name or exc}: "
-                         f"pip install 'lganna-rag[train]'") from None
+        raise AdaptError(f"adapt trains a LoRA adapter, which needs {exc.name or exc}: pip install peft") from None
     say(AdaptProgress("teacher", message="reading the stored document vectors"))
     ids, vectors = stored_vectors(index)
     row_of = {pid: r for r, pid in enumerate(ids)}
@@ -464,7 +455,7 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
         # 4. keep it if it beats the base on the dev split (as served: through the store), saved crash-safely
         say(AdaptProgress("evaluate", message="held-out pseudo-queries with the adapter"))
         adapted = load_query_encoder(base, export_dir)
-        index._check_model_of(adapted)
+        index.check_model(adapted)
         report.dev_mrr_adapted = mrr_at_10(dense_ranking(index, adapted, [p.query for p in dev_q]), wanted)
         # an adapter whose best state is its start (the base) was not trained usefully: not kept (with keep_if_worse
         # the best trained state is exported, whatever the base scored)
@@ -485,7 +476,7 @@ def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any]
                       "best_step": summary["best_step"], "teacher": summary["teacher"], "lr": lr,
                       "batch_size": batch_size, "max_length": max_length}
             report.replaced = previous
-            index._set_adapter(record, adapted)  # the commit point: one atomic metadata write
+            index.set_adapter(record, adapted)  # the commit point: one atomic metadata write
             report.adapter = str(root / name)
             _clean(root, keep=name)
     finally:
@@ -527,10 +518,8 @@ def teacher_labels(index: "Index", encoder: "LGAnnaEncoder", texts: Sequence[str
     (``fusion``: 0.7 x dense cosine + 0.3 x BM25 / the query's best BM25; or ``cross-encoder:<dir>``), the
     best ``k`` kept (positive first) and adaptive-margin negatives marked. ``teacher_model`` replaces the
     collection's model as the teacher's dense half (its own vectors of every chunk and query)."""
-    from lganna_rag.training.teachers import TeacherConfig, keep_mask, make_reranker
-
     say = progress or (lambda p: None)
-    name, score = make_reranker(TeacherConfig(reranker=reranker, fusion_dense_weight=0.7))
+    name, score = make_reranker(reranker, 0.7)
     qtexts = [p.query for p in queries]
     if teacher_model:
         from .encoder import LGAnnaEncoder
@@ -594,8 +583,6 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
 
-    from lganna_rag.training.losses import soft_label_kl, teacher_distribution
-
     from .encoder import LGAnnaEncoder
 
     say = progress or (lambda p: None)
@@ -604,7 +591,7 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
     encoder = LGAnnaEncoder.from_pretrained(base, precision="fp32")
     kind = encoder.model.config.model_type
     encoder.model = get_peft_model(encoder.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1,
-                                                             target_modules=_lora_targets(kind)))
+                                                             target_modules=lora_targets(kind)))
     model, dev = encoder.model, encoder.device
     docs = torch.from_numpy(vectors).to(dev)
     n, total = len(queries), docs.shape[0]
@@ -723,12 +710,12 @@ def undo(index: "Index") -> str | None:
     """Return ``index`` to its base model: forget the adapter (metadata first) and delete its files.
 
     Returns the removed adapter's folder name, ``None`` when the collection had none."""
-    meta = index._require()
+    meta = index.require()
     record = meta.get("adapter")
     root = adapter_root(index)
     with _adapt_lock(root):
         if record is not None:
-            index._set_adapter(None, None)
+            index.set_adapter(None, None)
         _clean(root, keep=None)
     return (record or {}).get("dir")
 

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import importlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -106,40 +105,43 @@ _model_option = click.option(
 
 
 def _speed_options(func: Callable) -> Callable:
-    """``--precision`` and ``--threads``, applied before the command runs (the encoder reads ``LGANNA_PRECISION``)."""
+    """``--precision`` and ``--threads`` (``LGANNA_PRECISION``: the environment is read here, at the edge), handed to
+    the commands' model loading through :func:`_speed`."""
 
     @functools.wraps(func)
     def run(*args: Any, precision: str | None = None, threads: int | None = None, **kwargs: Any) -> Any:
-        before = os.environ.get("LGANNA_PRECISION")
-        if precision:
-            os.environ["LGANNA_PRECISION"] = precision
+        click.get_current_context().meta[_SPEED] = {"precision": precision or None, "threads": threads}
         torch_threads = None
         if threads:
             import torch
 
             torch_threads = torch.get_num_threads()
-            torch.set_num_threads(threads)
         try:
             return func(*args, **kwargs)
         finally:  # a command run in-process (tests, scripts calling main) leaves no setting behind
-            if before is None:
-                os.environ.pop("LGANNA_PRECISION", None)
-            else:
-                os.environ["LGANNA_PRECISION"] = before
             if torch_threads is not None:
                 import torch
 
                 torch.set_num_threads(torch_threads)
 
-    run = click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")(run)
+    run = click.option("--threads", type=click.IntRange(1), help="CPU threads (torch and ONNX Runtime; default: all "
+                                                               "cores).")(run)
     return click.option(
-        "--precision", type=click.Choice(["auto", "fp32", "int8", "int8-onnx", "int8-torch"]), envvar="LGANNA_PRECISION",
-        show_envvar=True,
-        help="CPU inference precision: int8 quantizes the linear layers (faster, slightly different vectors; "
-             "see benchmarks/results/int8.md): ONNX Runtime (int8-onnx) when onnxruntime is installed "
-             "(pip install 'lganna-rag[onnx]'), else PyTorch (int8-torch); auto: int8-onnx where it applies, else "
-             "fp32. Default: fp32 (int8-onnx measured 1.56x fp32 texts/s, below the 1.8x bar).",
+        "--precision", type=click.Choice(list(_PRECISIONS)), envvar="LGANNA_PRECISION", show_envvar=True,
+        help="CPU inference precision: fp32, bf16, int8 (ONNX Runtime when installed, else PyTorch; int8-onnx / "
+             "int8-torch pick one), or auto (the fastest one that passed the quality rule on this CPU). Default: "
+             "see README (Speed); the measurements are in benchmarks/results/.",
     )(run)
+
+
+_SPEED = "lganna.speed"
+_PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
+
+
+def _speed() -> dict[str, Any]:
+    """The command's ``--precision`` and ``--threads``, as keyword arguments for model loading."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_SPEED, {})) if ctx is not None else {}
 
 
 @contextlib.contextmanager
@@ -173,22 +175,34 @@ def _open_index(store_path: Path | None, url: str | None, api_key: str | None, c
     if url and store_path is not None:
         raise click.UsageError("give either --path (local store) or --url (Qdrant server), not both")
     return Index(store_path if not url else None, collection=collection, model=model, url=url or None,
-                 api_key=api_key, timeout=timeout, recreate=recreate, batch_size=batch_size, quantization=quantization)
+                 api_key=api_key, timeout=timeout, recreate=recreate, batch_size=batch_size, quantization=quantization,
+                 **_speed())
 
 
 def _parse_filters(items: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--filter KEY=VALUE`` options -> a checked ``where`` (a repeated key: any of its values); a bad one is a
+    usage error (exit 2) naming it. Digits of the integer fields (chunk, n_chunks, start, end) become integers."""
+    import re
+
+    from .filters import check_where
+
     where: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. source=guide/intro.md", param_hint="--filter")
-        key = key.strip()
-        parsed: Any = int(value) if key in ("chunk", "n_chunks", "start", "end") and value.lstrip("-").isdigit() else value
-        if key in where:
-            where[key] = [*(where[key] if isinstance(where[key], list) else [where[key]]), parsed]
-        else:
-            where[key] = parsed
-    return where or None
+    try:
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. source=guide/intro.md")
+            key = key.strip()
+            integer = key in ("chunk", "n_chunks", "start", "end") and re.fullmatch(r"-?[0-9]+", value)
+            if integer and len(value.lstrip("-")) > 19:  # also past Python's int-from-string digit limit
+                raise ValueError(f"filter key {key!r}: the integer {value[:24]}{'...' if len(value) > 24 else ''} "
+                                 f"does not fit in 64 bits (from -2^63 to 2^63-1)")
+            parsed: Any = int(value) if integer else value
+            where[key] = [*(where[key] if isinstance(where[key], list) else [where[key]]), parsed] if key in where \
+                else parsed
+        return check_where(where)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--filter") from None
 
 
 #: How ``search`` labels each mode's score: a cosine, a BM25 score, or a reciprocal-rank-fusion score.
@@ -327,16 +341,17 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
         for source, reason in items:
             by_reason.setdefault(reason, []).append(source)
         for reason, sources in by_reason.items():
+            sources = [printable(x) for x in sources]
             shown = ", ".join(sources[:10]) + (f" and {len(sources) - 10} more (see --json)" if len(sources) > 10 else "")
             console.print(f"  [{style}]{title}[/] ({escape(reason)}): {escape(shown)}", highlight=False, markup=True)
     if r.kept:
-        shown = ", ".join(r.kept[:10]) + (f" and {len(r.kept) - 10} more (see --json)" if len(r.kept) > 10 else "")
+        shown = ", ".join(printable(x) for x in r.kept[:10]) + (f" and {len(r.kept) - 10} more (see --json)" if len(r.kept) > 10 else "")
         console.print(f"  [yellow]kept[/] {len(r.kept)} indexed files under these folders that this run left out "
                       f"(--include/--exclude, or now skipped); --prune removes them: {escape(shown)}", highlight=False)
     for note in r.repairs:
         console.print(f"  [yellow]repaired[/] {escape(note)}", highlight=False)
     for source, warning in r.warnings:
-        console.print(f"  [yellow]warning[/] {escape(source)}: {escape(warning)}", highlight=False)
+        console.print(f"  [yellow]warning[/] {escape(printable(source))}: {escape(warning)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -351,8 +366,9 @@ def _print_summary(console: Any, report: "IndexReport", total_chunks: int) -> No
 @click.option("--chunk-size", type=click.IntRange(8), help="Tokens per chunk (default 256, or the most the model's input holds if that is "
               "fewer: 252 for minilm).")
 @click.option("--overlap", type=click.IntRange(0), help="Tokens shared by consecutive chunks (default 32).")
-@click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
-              help="Skip files larger than this.")
+@click.option("--max-file-mb", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="Skip files larger than this; 0 turns the limit off (files above 256 MB are always skipped). Text "
+                   "files above 8 MB are read and chunked in pieces, in bounded memory.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Encoder batch size.")
 @click.option("--prune/--no-prune", default=None,
               help="Default: remove the chunks of files deleted from the indexed folders, keep those of files this run "
@@ -387,7 +403,7 @@ def index_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, 
     """
     from rich.console import Console
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     with _errors():
         index = _open_index(store_path, url, api_key, collection, timeout, model, recreate=recreate, quantization=quantize,
                             batch_size=batch_size)
@@ -398,7 +414,7 @@ def index_cmd(paths: tuple[str, ...], store_path: Path | None, url: str | None, 
     if as_json:
         click.echo(json.dumps({**report.to_dict(), "collection": collection, "chunks_total": total}, indent=2))
     else:
-        _print_summary(Console(highlight=False), report, total)
+        _print_summary(Console(highlight=False, soft_wrap=True), report, total)
     if report.interrupted:
         console.print("[yellow]Interrupted.[/] Run the same command again to finish; completed files are kept.")
         sys.exit(EXIT_INTERRUPTED)
@@ -480,6 +496,7 @@ def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str
     if len(picked) > 1:
         raise click.UsageError(f"choose one ranking: {' and '.join('--' + m for m in sorted(picked))} conflict")
     chosen = picked.pop() if picked else "hybrid"
+    _check_argument(query, "QUERY")
     where = _parse_filters(filters)
     shots = read_examples(examples) if examples is not None else None
     if chosen == "sparse" and (task or instruction or shots):
@@ -502,11 +519,41 @@ def search_cmd(ctx: click.Context, query: str, store_path: Path | None, url: str
     label = SCORE_LABELS[chosen]
     names = display_names([(h.payload.get("root"), h.source) for h in hits])
     for rank, (h, name) in enumerate(zip(hits, names), 1):
-        where_from = f"{name} #{h.chunk}" if h.source is not None else h.payload.get("doc_id", h.id)
+        where_from = f"{printable(name)} #{h.chunk}" if h.source is not None else h.payload.get("doc_id", h.id)
         span = f" [{h.start}:{h.end}]" if h.start is not None else ""
         click.echo(click.style(f"{rank:>2}. {label} {h.score:.4f}  {where_from}{span}", bold=True))
         snippet = " ".join(h.text.split())
         click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name, say) shown as escapes, for one-line output."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _check_argument(text: str, name: str) -> None:
+    """A usage error for a command-line argument that is not valid UTF-8 (Python keeps the bad bytes as lone
+    surrogates), naming the byte and where it is."""
+    for i, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            raise click.UsageError(f"{name} is not valid UTF-8: byte 0x{ord(ch) - 0xDC00:02X} at character {i + 1}; "
+                                   f"check your terminal's or script's encoding (UTF-8 is expected)")
+
+
+def _stdin_lines() -> list[dict[str, Any]]:
+    """The non-empty lines of stdin as ``{"line", "text"}`` records; a line that is not UTF-8 is a usage error
+    naming its line number."""
+    records = []
+    for number, raw in enumerate(click.get_binary_stream("stdin"), 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise click.UsageError(f"stdin line {number} is not valid UTF-8: byte 0x{raw[exc.start]:02X} at byte "
+                                   f"{exc.start + 1} of the line; convert the input to UTF-8 (e.g. iconv -f latin1 "
+                                   f"-t utf-8)") from None
+        if line.strip():
+            records.append({"line": number, "text": line})
+    return records
 
 
 def _search_server(ctx: click.Context, server: str, key: str | None, query: str, k: int, mode: str,
@@ -611,7 +658,7 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
     shots = read_examples(examples) if examples is not None else None
     with _errors(), _echo_library_warnings():
         the_task = _task(task, instruction)
-        encoder = LGAnnaEncoder.from_pretrained(model)
+        encoder = LGAnnaEncoder.from_pretrained(model, **_speed())
         records: list[dict[str, Any]] = []
         if files:
             specials = len(encoder.tokenize([""])[0][0])
@@ -628,7 +675,7 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
                 records += [{"source": str(path), "chunk": c.index, "start": c.start, "end": c.end, "text": c.text}
                             for c in chunker.split(loaded.text)]
         else:
-            records = [{"line": i, "text": line.rstrip("\r\n")} for i, line in enumerate(sys.stdin, 1) if line.strip()]
+            records = _stdin_lines()
         texts = [r["text"] for r in records]
         if as_query:
             vectors = encoder.encode_queries(texts, task=the_task, examples=shots, batch_size=batch_size)
@@ -657,6 +704,9 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
               help="Require 'Authorization: Bearer KEY' on /v1/* (401 otherwise).")
 @click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True,
               help="Most texts merged into one forward-pass group.")
+@click.option("--max-batch-tokens", type=click.IntRange(64), default=8192, show_default=True,
+              help="Most (estimated) tokens in one forward-pass group: a large request is split into such groups and "
+                   "other clients' requests are served between them.")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True,
               help="How long an idle batcher waits for more requests (requests arriving during a batch always "
                    "share the next one).")
@@ -670,8 +720,9 @@ def embed_cmd(files: tuple[Path, ...], model: str | None, as_query: bool, task: 
               help="Seconds to let in-flight requests finish after SIGTERM/Ctrl-C.")
 @_speed_options
 def serve_cmd(host: str, port: int, model: str | None, collection: str | None, store_path: Path | None,
-              url: str | None, qdrant_api_key: str | None, api_key: str | None, max_batch: int, max_wait_ms: float,
-              max_queue: int, max_inputs: int, max_chars: int, batch_size: int, shutdown_timeout: float) -> None:
+              url: str | None, qdrant_api_key: str | None, api_key: str | None, max_batch: int,
+              max_batch_tokens: int, max_wait_ms: float, max_queue: int, max_inputs: int, max_chars: int,
+              batch_size: int, shutdown_timeout: float) -> None:
     """Serve the model over HTTP: OpenAI-compatible /v1/embeddings, /v1/models, /health, /v1/search.
 
     The model stays loaded, so each request costs only its forward pass; concurrent requests share
@@ -691,13 +742,14 @@ def serve_cmd(host: str, port: int, model: str | None, collection: str | None, s
         raise click.ClickException("serve needs Starlette and uvicorn: pip install 'lganna-rag[serve]'")
     from rich.console import Console
 
-    from .serve import ServeSettings, serve
+    from .serve import ServeSettings, adapter_note, serve
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
     with _errors():
-        settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        settings = ServeSettings(max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms,
+                                 max_queue=max_queue,
                                  max_inputs=max_inputs, max_chars=max_chars, batch_size=batch_size, api_key=api_key)
         index = None
         if collection:
@@ -709,9 +761,9 @@ def serve_cmd(host: str, port: int, model: str | None, collection: str | None, s
         else:
             from .encoder import LGAnnaEncoder
 
-            encoder = LGAnnaEncoder.from_pretrained(model)
-        console.print(f"serving {encoder.name} ({encoder.dimension}-d)"
-                      + (f" and collection {collection!r}" if index is not None else "")
+            encoder = LGAnnaEncoder.from_pretrained(model, **_speed())
+        console.print(f"serving {encoder.name} ({encoder.dimension}-d, {encoder.precision})"
+                      + (f" and collection {collection!r}, {adapter_note(index)}" if index is not None else "")
                       + f" on http://{host}:{port}  (POST /v1/embeddings, /v1/search; GET /v1/models, /health)",
                       highlight=False)
         try:
@@ -762,7 +814,10 @@ def check_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
                           if result["lost"] else ""))
         click.echo(f"{'ok' if not result['problems'] else 'damaged'}: {result['chunks']} chunks, {result['files']} files")
     if result["problems"]:
-        if not repair:
+        if result["outside_files"]:
+            click.echo("`lganna-rag index FOLDER` (the folder they were indexed under) removes the chunks of files "
+                       "outside it", err=True)
+        if not repair and len(result["problems"]) > bool(result["outside_files"]):
             click.echo("run `lganna-rag check --repair` (same --path/--collection) to repair it", err=True)
         sys.exit(1)
 
@@ -808,22 +863,23 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     """
     from rich.console import Console
 
-    from .adapt import iter_kinds
+    from .adapt import adapt_index, iter_kinds
+    from .adapt import undo as undo_adapt
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     with _errors():
         with _open_index(store_path, url, api_key, collection, timeout) as index:
             if not index.exists:
                 raise click.UsageError(index.missing_message())
             if undo:
-                removed = index.undo_adapt()
+                removed = undo_adapt(index)
                 click.echo(f"collection {collection!r} uses the base model {index.metadata['model']['name']!r}"
                            + (f" (adapter {removed} removed)" if removed else " (it had no adapter)"))
                 return
             chosen = iter_kinds(kinds)
 
             with _adapt_progress(console) as show:
-                report = index.adapt(minutes, kinds=chosen, questions=questions, reranker=reranker,
+                report = adapt_index(index, minutes, kinds=chosen, questions=questions, reranker=reranker,
                                      teacher_model=teacher_model, batch_size=batch_size, seed=seed,
                                      keep_if_worse=keep_if_worse, progress=show)
     if as_json:

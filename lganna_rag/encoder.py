@@ -1,50 +1,34 @@
 """The instruction-aware embedder: any Hugging Face checkpoint, last-token/mean/CLS pooling.
 
-``LGAnnaEncoder.from_pretrained()`` loads the default model; ``encode_queries`` renders each
-query with the task instruction and few-shot examples (see :mod:`lganna_rag.prompts`),
+``LGAnnaEncoder.from_pretrained()`` loads the default model (:mod:`lganna_rag.loading`); ``encode_queries``
+renders each query with the task instruction and few-shot examples (:mod:`lganna_rag.rendering`),
 ``encode_documents`` embeds plain text. For decoders an EOS token is appended explicitly and
 its final hidden state is the embedding (L2-normalised by default).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 import os
-import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .models import (
-    REGISTRY,
-    ModelConfig,
-    ModelNotFoundError,
-    default_model_name,
-    read_model_config,
-)
-from .prompts import Task, get_task, query_prefix, render_query, uses_instruction
+from .loading import (CPU_DEFAULT_PRECISION, PRECISIONS, int8_backend, is_decoder_config, load, quantize_int8,
+                      resolve_precision)
+from .models import DEFAULT_MODEL, REGISTRY, ModelConfig
+from .prompts import Task
+from .rendering import PromptIgnoredWarning, QueryRendering, check_texts
+
+__all__ = ["LGAnnaEncoder", "pool", "check_texts", "PromptIgnoredWarning", "PRECISIONS", "CPU_DEFAULT_PRECISION",
+           "quantize_int8", "resolve_precision", "int8_backend"]
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``int8-onnx``: ONNX Runtime int8
-#: (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``: PyTorch dynamic quantization
-#: (:func:`quantize_int8`). ``int8`` picks ``int8-onnx`` for an encoder when onnxruntime is installed (faster and
-#: closer to fp32 in ``benchmarks/results/int8.md``), else ``int8-torch``, so ``--precision int8`` works everywhere.
-#: ``auto``: ``int8-onnx`` where it applies (an fp32 encoder on CPU, adapter merged, onnxruntime installed), else fp32.
-PRECISIONS = ("auto", "fp32", "int8", "int8-onnx", "int8-torch")
-#: Precision on CPU when none is given (``LGANNA_PRECISION`` overrides), chosen by measurement: int8 becomes the
-#: default only if it meets both targets (>= 1.8x fp32 texts/s, <= 0.5 points of loss). ``benchmarks/results/int8.json``
-#: (``python -m lganna_rag.benchmarks.int8_bench``, quiet machine) has ``int8-onnx`` at 1.56x and +0.30 points
-#: (``int8-torch`` 1.34x, -0.95), so fp32; ``auto`` or ``int8`` opt in. Callers that need exact fp32 vectors
-#: (training teachers, the quality benchmarks, parity checks) ask for ``fp32`` explicitly.
-CPU_DEFAULT_PRECISION = "fp32"
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"]
+_is_decoder = is_decoder_config  # the name the training code used
 
 
 def pool(
@@ -74,123 +58,7 @@ def pool(
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
 
-def check_texts(texts: Any) -> list[str]:
-    """Return ``texts`` as a list of str, raising ``TypeError`` that names the first bad item."""
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str (got {t!r:.60})")
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"texts[{i}] has a lone surrogate (U+{ord(t[exc.start]):04X}) at character {exc.start}: not valid "
-                f"Unicode, so the tokenizer cannot read it; clean it first, e.g. "
-                f"text.encode('utf-8', 'replace').decode('utf-8')"
-            ) from None
-    return texts
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """PyTorch dynamic int8 quantization of every ``nn.Linear`` (weights int8 per output channel, activations
-    quantized per batch). CPU only. Embeddings, norms and attention arithmetic stay float32.
-
-    Per-channel weight scales: on MiniLM they kept the vectors clearly closer to fp32 than per-tensor scales,
-    at the same speed. Speed and quality against fp32: ``lganna-rag bench int8`` (``benchmarks/results/int8.md``).
-    """
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; it still works
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``precision`` checked, or the default: ``LGANNA_PRECISION``, else :data:`CPU_DEFAULT_PRECISION` on CPU, fp32 elsewhere."""
-    if precision is None:
-        precision = os.environ.get("LGANNA_PRECISION") or (CPU_DEFAULT_PRECISION if device.type == "cpu" else "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto" and device.type != "cpu":
-        return "fp32"
-    if precision.startswith("int8") and device.type != "cpu":
-        raise ValueError(f"precision {precision!r} (dynamic quantization) runs on CPU only, not on {device.type}")
-    return precision
-
-
-def int8_backend(precision: str, *, is_decoder: bool) -> str:
-    """The concrete precision: ``int8`` becomes ``int8-onnx`` (an encoder, onnxruntime installed) or ``int8-torch``;
-    ``auto`` becomes ``int8-onnx`` or ``fp32``.
-
-    ``int8-onnx`` asked for explicitly raises ``ImportError`` (with the install command) when onnxruntime is
-    missing and ``ValueError`` for a decoder; other values are returned unchanged.
-    """
-    from .onnx_int8 import onnx_available, require_onnx
-
-    if precision in ("int8", "auto"):
-        return "int8-onnx" if not is_decoder and onnx_available() else ("int8-torch" if precision == "int8" else "fp32")
-    if precision == "int8-onnx":
-        if is_decoder:
-            raise ValueError("precision 'int8-onnx' supports encoder models only; use 'int8-torch' for a decoder")
-        require_onnx()
-    return precision
-
-
-def _is_decoder(hf_config: Any) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    return hf_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _resolve_dir(source: str, revision: str | None) -> Path:
-    """A local directory for ``source``: itself, or a hub snapshot (safetensors and configs only)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelNotFoundError(f"{source!r} is a file; pass the model's directory")
-    if not _HUB_ID.fullmatch(source):
-        raise ModelNotFoundError(
-            f"no model {source!r}: it is not a local directory, not a registered name "
-            f"({', '.join(REGISTRY)}), and not a Hugging Face hub id (org/name)"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=_HUB_PATTERNS))
-    except Exception as exc:  # network errors, offline mode, missing repo: one clear message
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        raise ModelNotFoundError(
-            f"could not get {source!r} from the Hugging Face hub"
-            f"{' (HF_HUB_OFFLINE is set and it is not in the local cache)' if offline else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Download it on a machine with "
-            f"network access (huggingface-cli download {source}) and pass the local directory instead."
-        ) from exc
-
-
-def _require_safetensors(directory: Path, what: str = "model") -> None:
-    if not any(directory.glob("*.safetensors")):
-        pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt*")]
-        hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
-        raise ModelNotFoundError(f"{directory} holds no *.safetensors {what} weights{hint}")
-
-
-class PromptIgnoredWarning(UserWarning):
-    """A task, instruction or few-shot examples were given to a model without a prompt template (no effect)."""
-
-
-class LGAnnaEncoder:
+class LGAnnaEncoder(QueryRendering):
     """Embeds queries (with instructions and examples) and documents with one transformer."""
 
     def __init__(
@@ -208,7 +76,8 @@ class LGAnnaEncoder:
         self.config = config
         self.name = name
         self.is_decoder = is_decoder
-        #: ``fp32``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a model passed in is taken as it is).
+        #: ``fp32``, ``bf16``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a model passed in is
+        #: taken as it is).
         self.precision = "fp32"
         #: The PEFT adapter directory merged into (or applied to) the base weights by :meth:`from_pretrained`.
         self.adapter_dir: Path | None = None
@@ -236,111 +105,29 @@ class LGAnnaEncoder:
         revision: str | None = None,
         trust_remote_code: bool = False,
         precision: str | None = None,
+        threads: int | None = None,
         **settings: Any,
     ) -> "LGAnnaEncoder":
         """Load a model by registered name, local directory or hub id (``None``: the default model).
 
         ``adapter`` is a PEFT LoRA directory applied on top, merged into the weights at load (encode speed
-        equals the base model's; ``merge_adapter=False`` keeps it separate). ``settings`` override ``lganna.json`` fields (e.g. ``pooling="mean"``).
-        Only safetensors weights are loaded; ``trust_remote_code`` is off unless you pass it.
-        ``precision="int8"`` runs int8 on CPU: ONNX Runtime (``int8-onnx``, :mod:`lganna_rag.onnx_int8`) for
-        an encoder when onnxruntime is installed, else PyTorch dynamic quantization (``int8-torch``,
-        :func:`quantize_int8`); see :data:`PRECISIONS`. ``None`` is ``LGANNA_PRECISION`` or
-        :data:`CPU_DEFAULT_PRECISION` on CPU.
+        equals the base model's; ``merge_adapter=False`` keeps it separate). ``settings`` override ``lganna.json``
+        fields (e.g. ``pooling="mean"``). Only safetensors weights are loaded; ``trust_remote_code`` is off unless
+        you pass it. ``precision`` is one of :data:`~lganna_rag.loading.PRECISIONS` (``None``: the CPU default,
+        :data:`~lganna_rag.loading.CPU_DEFAULT_PRECISION`); ``threads`` sets the CPU threads (torch and ONNX Runtime).
         """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        name = str(name_or_path) if name_or_path is not None else default_model_name()
-        if name in REGISTRY and REGISTRY[name].kind == "static":
-            from .static import StaticEncoder
-
-            return StaticEncoder.from_pretrained(name, max_length=max_length, device=device, precision=precision,
-                                                 **settings)
-        overrides: dict[str, Any] = {}
-        if name in REGISTRY:
-            overrides.update(REGISTRY[name].overrides)
-            source = REGISTRY[name].locate()
-        else:
-            source = name
-        directory = _resolve_dir(source, revision)
-
-        adapter_dir = Path(adapter).expanduser() if adapter is not None else None
-        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
-        chain = [adapter_dir] if adapter_dir is not None else []  # adapters to apply, innermost first
-        while (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
-            if len(chain) > 4:
-                raise ModelNotFoundError(f"{chain[-1]}: more than 4 adapters stacked over each other")
-            chain.insert(0, directory)  # the directory is an adapter (e.g. lganna-minilm): find its base model
-            base = read_model_config(directory, is_decoder=True).base_model if (directory / "lganna.json").is_file() else None
-            base = base or json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
-            if base in REGISTRY:
-                overrides = {**REGISTRY[base].overrides}
-                base = REGISTRY[base].locate()
-            directory = _resolve_dir(base, None)
-        adapter_dir = chain[-1] if chain else None  # the outermost: its lganna.json and tokenizer win
-
-        _require_safetensors(directory)
-        try:
-            hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-        except ValueError as exc:
-            raise ModelNotFoundError(f"{directory}: unsupported model config ({exc})") from exc
-        is_decoder = _is_decoder(hf_config)
-        dev = torch.device(device) if device is not None else _default_device()
-        if dtype is None:
-            torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        else:
-            torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        from transformers.utils import logging as hf_logging
-
-        bar_was_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Loading weights: 100%" bar on every load (and every CLI command)
-        try:
-            model = AutoModel.from_pretrained(
-                directory, config=hf_config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-            )
-        finally:
-            if bar_was_on:
-                hf_logging.enable_progress_bar()
-        tok_dir = next((f for f in reversed(chain) if (f / "tokenizer_config.json").is_file()), directory)
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
-
-        cfg_dir = next((f for f in reversed(chain) if (f / "lganna.json").is_file()), directory)
-        config = read_model_config(cfg_dir, is_decoder=is_decoder)
-        values = {**config.__dict__, **overrides, **settings}
-        if max_length is not None:
-            values["max_length"] = max_length
-        config = ModelConfig(**values)
-
-        if chain:
-            from peft import PeftModel
-
-            for i, folder in enumerate(chain):  # an inner adapter is part of its model: always merged
-                _require_safetensors(folder, "adapter")
-                model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-                if merge_adapter or i < len(chain) - 1:
-                    model = model.merge_and_unload()
-        model.to(dev).eval()
-        requested = resolve_precision(precision, dev)
-        chosen = int8_backend(requested, is_decoder=is_decoder)
-        if requested == "auto" and ((dtype is not None and torch_dtype != torch.float32)
-                                    or (adapter_dir is not None and not merge_adapter)):
-            chosen = "fp32"  # the default quantizes only what it can: fp32 weights, adapters merged
-        if chosen != "fp32":
-            if dtype is not None and torch_dtype != torch.float32:
-                raise ValueError(f"precision {chosen!r} quantizes float32 weights: leave dtype unset (or float32)")
-            if adapter_dir is not None and not merge_adapter:
-                raise ValueError(f"precision {chosen!r} needs the adapter merged (merge_adapter=True)")
-        if chosen == "int8-torch":
-            model = quantize_int8(model)
-        elif chosen == "int8-onnx":
-            from .onnx_int8 import load_int8
-
-            pad = tokenizer.pad_token_id
-            model = load_int8(model, pad_id=pad if pad is not None else 0)
-        encoder = cls(model, tokenizer, config, name=name, is_decoder=is_decoder)
-        encoder.precision = chosen
-        encoder.adapter_dir = adapter_dir
+        name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+        entry = REGISTRY.get(name)
+        if entry is not None and entry.loader is not None:  # e.g. a static token table: its own encoder class
+            module, attr = entry.loader.split(":")
+            other = getattr(importlib.import_module(module), attr)
+            return other.from_pretrained(name, max_length=max_length, device=device, precision=precision, **settings)
+        loaded = load(name, adapter=adapter, merge_adapter=merge_adapter, device=device, dtype=dtype,
+                      max_length=max_length, revision=revision, trust_remote_code=trust_remote_code,
+                      precision=precision, threads=threads, **settings)
+        encoder = cls(loaded.model, loaded.tokenizer, loaded.config, name=name, is_decoder=loaded.is_decoder)
+        encoder.precision = loaded.precision
+        encoder.adapter_dir = loaded.adapter_dir
         return encoder
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -510,43 +297,6 @@ class LGAnnaEncoder:
                                  normalize_embeddings=normalize_embeddings, max_length=max_length)
         return out[0] if single else out
 
-    def render_queries(
-        self, texts: Sequence[str], task: Task | str | None = None, examples: Iterable[Sequence[str]] | None = None
-    ) -> list[str]:
-        """The exact strings ``encode_queries`` feeds the model (before tokenisation)."""
-        items = check_texts(texts)
-        template = self.config.prompt_template
-        if template is None:
-            if (task is not None or examples) and not getattr(self, "_warned_prompt_ignored", False):
-                self._warned_prompt_ignored = True
-                warnings.warn(
-                    f"model {self.name!r} has no prompt template (it was not trained with instructions): the task, "
-                    f"instruction and few-shot examples have no effect; queries are embedded as plain text",
-                    PromptIgnoredWarning, stacklevel=3,
-                )
-            return items
-        resolved = get_task(task if task is not None else self.config.default_task, examples)
-        if not uses_instruction(resolved, self.config.instruction_task_types):
-            return items  # trained without instructions for this task type (lganna.json: instruction_task_types)
-        return [self.fit_query(t, resolved) for t in items]
-
-    def fit_query(self, text: str, task: Task, max_length: int | None = None) -> str:
-        """Render ``text`` for ``task``, dropping the earliest few-shot examples until it fits ``max_length`` tokens.
-
-        Truncation keeps the start of a text, so an over-long prompt would otherwise lose the query
-        itself (and, with last-token pooling, the token the embedding is read from).
-        """
-        template = self.config.prompt_template or "e5"
-        rendered = render_query(text, task, template)
-        if not task.examples:
-            return rendered
-        limit = (max_length or self.config.max_length) - int(self.config.append_eos)
-        examples = list(task.examples)
-        while examples and len(self.tokenizer(rendered, add_special_tokens=True)["input_ids"]) > limit:
-            examples.pop(0)
-            rendered = render_query(text, task.with_examples(examples), template)
-        return rendered
-
     def encode_queries(
         self,
         texts: str | Sequence[str],
@@ -576,17 +326,6 @@ class LGAnnaEncoder:
             raise TypeError(f"encode_queries got unexpected keyword arguments {sorted(kwargs)}")
         return out[0] if single else out
 
-    def _prompt_lengths(self, rendered: Sequence[str], items: Sequence[str]) -> list[int]:
-        """Per query, the positions of its rendered prompt that a mean pool leaves out."""
-        known: dict[str | None, int] = {}  # one task's queries share a prefix: tokenise it once
-        lengths = []
-        for r, t in zip(rendered, items):
-            prefix = query_prefix(r, t)
-            if prefix not in known:
-                known[prefix] = self.prompt_length(prefix)
-            lengths.append(known[prefix])
-        return lengths
-
     def query_batch(self, texts: Sequence[str], task: Task | str | None = None,
                     max_length: int | None = None) -> dict[str, torch.Tensor]:
         """A collated batch of queries as :meth:`encode_queries` feeds the model (instruction, prompt lengths):
@@ -597,25 +336,6 @@ class LGAnnaEncoder:
         if self.excludes_prompt and rendered != items:
             batch["prompt_length"] = torch.as_tensor(self._prompt_lengths(rendered, items), device=self.device)
         return batch
-
-    @property
-    def excludes_prompt(self) -> bool:
-        """True when instruction and example tokens are attended to but left out of the pooled mean."""
-        return self.config.pooling == "mean" and not self.config.include_prompt
-
-    def prompt_length(self, prefix: str | None) -> int:
-        """Positions masked out of the mean for a query whose rendered prompt is ``prefix``.
-
-        The rule of sentence-transformers (``Transformer._get_prompt_length``): the prefix tokenised
-        with special tokens, less a trailing special token, so ``SentenceTransformer(path).encode(q,
-        prompt=prefix)`` gives the same vector.
-        """
-        if not prefix:
-            return 0
-        ids = self.tokenizer(prefix, add_special_tokens=True)["input_ids"]
-        if ids and ids[-1] in set(self.tokenizer.all_special_ids):
-            return len(ids) - 1
-        return len(ids)
 
     def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed documents as plain text (no instruction)."""

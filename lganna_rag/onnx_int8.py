@@ -180,13 +180,17 @@ class OnnxInt8Transformer(torch.nn.Module):
         options.inter_op_num_threads = 1
         self.threads = options.intra_op_num_threads
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> Any:
         """Last hidden states as a float32 CPU tensor (``.last_hidden_state``)."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        hidden = self.session.run(None, {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                                         "attention_mask": attention_mask.cpu().numpy().astype(np.int64)})[0]
+        ids = input_ids.cpu().numpy().astype(np.int64)
+        feed = {"input_ids": ids, "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
+        if "token_type_ids" in self._inputs:  # BERT graphs exported with segment ids (all zero: one text)
+            feed["token_type_ids"] = np.zeros_like(ids)
+        hidden = self.session.run(["last_hidden_state"], feed)[0]
         return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
 
 

@@ -87,6 +87,13 @@ _TEMPLATES: dict[str, tuple[str, str, str]] = {
         "\n\n",
         "<instruct>{instruction}\n<query>{query}\n<response>",
     ),
+    # A literal prefix (bge-en-v1.5: "Represent this sentence for searching relevant passages: " + query); an
+    # instruction that does not end in whitespace is joined to the query with a space.
+    "prefix": (
+        "{instruction}{query}\n{response}",
+        "\n\n",
+        "{instruction}{query}",
+    ),
 }
 
 TEMPLATES = tuple(_TEMPLATES)
@@ -102,8 +109,11 @@ def render_query(query: str, task: Task | None, template: str = "e5") -> str:
     if task is None or (not task.instruction and not task.examples):
         return query
     example_fmt, sep, query_fmt = _TEMPLATES[template]
-    blocks = [example_fmt.format(instruction=task.instruction, query=q, response=r) for q, r in task.examples]
-    blocks.append(query_fmt.format(instruction=task.instruction, query=query))
+    instruction = task.instruction
+    if template == "prefix" and instruction and not instruction[-1].isspace():
+        instruction += " "
+    blocks = [example_fmt.format(instruction=instruction, query=q, response=r) for q, r in task.examples]
+    blocks.append(query_fmt.format(instruction=instruction, query=query))
     return sep.join(blocks)
 
 
@@ -113,6 +123,13 @@ def uses_instruction(task: Task, task_types: Iterable[str] | None) -> bool:
     A task without a type (the caller's own ``Task(name, instruction)``) is always prompted.
     """
     return task_types is None or task.task_type is None or task.task_type in task_types
+
+
+def with_model_instruction(task: Task, task_instructions: dict[str, str] | None) -> Task:
+    """``task`` with the instruction a model was trained with for its type (``task_instructions``), if any."""
+    if not task_instructions or task.task_type not in task_instructions:
+        return task
+    return replace(task, instruction=task_instructions[task.task_type])
 
 
 def query_prefix(rendered: str, query: str) -> str | None:

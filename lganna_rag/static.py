@@ -12,7 +12,6 @@ The table and tokenizer are read straight from the installed ``wordllama`` packa
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,37 +19,21 @@ import numpy as np
 import torch
 
 from .encoder import LGAnnaEncoder
-from .models import ModelConfig, ModelNotFoundError
+from .loading import PRECISIONS
+from .models import WORDLLAMA_TABLE, WORDLLAMA_TOKENIZER, ModelConfig, ModelNotFoundError, wordllama_dir
 
-#: Files inside the ``wordllama`` package.
-WORDLLAMA_TABLE = "weights/l2_supercat_256.safetensors"
-WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
 #: Texts embedded per table lookup (bounds the temporary memory, not the result).
 _CHUNK = 4096
 
 
-def wordllama_dir() -> str:
-    """Folder of the installed ``wordllama`` package (its weight and tokenizer files)."""
-    spec = importlib.util.find_spec("wordllama")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError("model 'wordllama' needs the wordllama package: pip install wordllama "
-                                 "(or: pip install 'lganna-rag[fast]')")
-    root = Path(list(spec.submodule_search_locations)[0])
-    for rel in (WORDLLAMA_TABLE, WORDLLAMA_TOKENIZER):
-        if not (root / rel).is_file():
-            raise ModelNotFoundError(f"the wordllama package at {root} has no {rel}; reinstall it (pip install wordllama)")
-    return str(root)
-
-
-def wordllama_tokenizer(bos_eos: bool = False) -> Any:
+def wordllama_tokenizer() -> Any:
     """WordLlama's Llama-2 tokenizer as a transformers fast tokenizer (no padding or truncation): the text's
-    tokens only, or ``<s> text </s>`` with ``bos_eos``."""
-    from tokenizers import Tokenizer, processors
+    tokens only."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer.from_file(str(Path(wordllama_dir()) / WORDLLAMA_TOKENIZER))
-    raw.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)]) if bos_eos else None
+    raw.post_processor = None
     raw.no_padding()
     raw.no_truncation()
     return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
@@ -83,8 +66,6 @@ class StaticEncoder(LGAnnaEncoder):
             raise ModelNotFoundError(f"StaticEncoder loads 'wordllama', not {name_or_path!r}")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError("the static model runs on CPU only")
-        from .encoder import PRECISIONS
-
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         root = wordllama_dir()

@@ -81,12 +81,28 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def preload(*packages: str) -> None:
+    """Import every submodule of ``packages`` now: code run as another user may import them lazily (pypdf imports
+    ``pypdf.filters`` inside ``PdfReader``), and that user may not be able to read this virtualenv (a clone in a
+    private folder, like a home directory or ``mktemp -d``)."""
+    import importlib
+    import pkgutil
+
+    for name in packages:
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, name + "."):
+            with contextlib.suppress(Exception):
+                importlib.import_module(info.name)
+
+
 @contextlib.contextmanager
 def as_other_user() -> Iterator[None]:
-    """Run the block as user ``nobody`` when we are root (root reads any file), else as ourselves."""
+    """Run the block as user ``nobody`` when we are root (root reads any file), else as ourselves. What the block
+    imports must already be imported (see :func:`preload`): nobody may not be able to read the virtualenv."""
     if os.geteuid() != 0:
         yield
         return
+    preload("pypdf", "qdrant_edge")
     os.seteuid(65534)
     try:
         yield

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lganna_rag.adapt import (AdaptError, PseudoQuery, headings, is_near_copy, make_pseudo_queries, mrr_at_10,
-                              sentences, split_dev)
+from lganna_rag.adapt import (AdaptError, PseudoQuery, adapt_index, headings, is_near_copy, make_pseudo_queries, mrr_at_10,
+                              sentences, split_dev, undo)
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -172,7 +172,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     index = Index(path, collection="docs", model="minilm")
     index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
     base = LGAnnaEncoder.from_pretrained("minilm")
-    report = index.adapt(10.0, steps=STEPS, seed=0, keep_if_worse=True)  # the budget only caps; 12 steps take ~10 s
+    report = adapt_index(index, 10.0, steps=STEPS, seed=0, keep_if_worse=True)  # the budget only caps; 12 steps take ~10 s
     chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
     index.close()
     return {"path": path, "report": report, "base": base, "base_q": base.encode_queries(QUERIES), "chunks": chunks}
@@ -224,7 +224,7 @@ def test_adapt_improves_heldout_pseudo_query_mrr(tmp_path: Path) -> None:
     ids, texts = load_training_collection("covidqa").document_texts()
     with Index(tmp_path / "s", collection="covid", model="minilm") as index:
         index.add_texts(texts[:400], ids=ids[:400])
-        r = index.adapt(10.0, steps=100, seed=0)
+        r = adapt_index(index, 10.0, steps=100, seed=0)
         assert r.kept and r.summary["best_step"] > 0 and r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
         chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
         train, dev = split_dev(make_pseudo_queries(chunks, seed=0)[0], seed=0)
@@ -308,7 +308,7 @@ def test_second_adapt_replaces_the_first(store: dict) -> None:
 
     with _open(store) as index:
         first = index.adapter
-        report = index.adapt(5.0, steps=3, seed=1, keep_if_worse=True)
+        report = adapt_index(index, 5.0, steps=3, seed=1, keep_if_worse=True)
         second = index.adapter
         assert report.kept and report.replaced == first.name and second != first
         assert _adapter_dirs(store) == [second.name]  # the old adapter is gone
@@ -350,7 +350,7 @@ def test_interrupted_adapt_leaves_the_collection_as_it_was(store: dict, monkeypa
 
     monkeypatch.setattr(adapt, "train_query_adapter", killed)
     with _open(store) as index, pytest.raises(KeyboardInterrupt):
-        index.adapt(5.0, steps=3)
+        adapt_index(index, 5.0, steps=3)
     # a run killed harder (no cleanup) leaves its folders behind: they must not matter either
     (store["path"] / "docs" / "adapters" / ".work-dead").mkdir()
     (store["path"] / "docs" / "adapters" / ".tmp-dead").mkdir()
@@ -358,7 +358,7 @@ def test_interrupted_adapt_leaves_the_collection_as_it_was(store: dict, monkeypa
         assert index.adapter == adapter_before
         np.testing.assert_array_equal(index.query_encoder.encode_queries(QUERIES), queries_before)
         assert [h.id for h in index.search(QUERIES[0], k=5)] == before
-        index.undo_adapt()  # the next adapt or undo removes what a killed run left
+        undo(index)  # the next adapt or undo removes what a killed run left
     assert _adapter_dirs(store) == []
 
 
@@ -375,7 +375,7 @@ def test_adapt_trains_adapter_models_and_instructed_decoders(model: str, tmp_pat
         index.add_files([REPO / "README.md", REPO / "examples" / "docs"], chunk_size=96, overlap=16)
         base_q = index.encoder.encode_queries(QUERIES)
         assert index.encoder.config.prompt_template is not None  # both embed queries with an instruction
-        report = index.adapt(5.0, steps=3, seed=0, keep_if_worse=True)
+        report = adapt_index(index, 5.0, steps=3, seed=0, keep_if_worse=True)
         assert report.kept and report.steps == 3
         q = index.query_encoder.encode_queries(QUERIES)
         assert np.abs(q - base_q).max() > 1e-5
@@ -393,7 +393,7 @@ def test_adapt_needs_a_local_store_and_a_trainable_model(tmp_path: Path) -> None
     with Index(tmp_path / "s", collection="w", model="wordllama") as index:
         index.add_texts(["one text about tea", "another text about probes"])
         with pytest.raises(AdaptError, match="static token table"):
-            index.adapt(1.0)
+            adapt_index(index, 1.0)
 
 
 def test_one_sentence_chunks_get_a_specific_error_naming_the_kinds_that_help(tmp_path: Path) -> None:
@@ -410,11 +410,11 @@ def test_one_sentence_chunks_get_a_specific_error_naming_the_kinds_that_help(tmp
         query = ["radio emission over the equator"]
         before = index.query_encoder.encode_queries(query)
         with pytest.raises(AdaptError, match=r"single sentence.*too few crops.*--kinds ict,heading,crop,question") as err:
-            index.adapt(1.0)
+            adapt_index(index, 1.0)
         assert "from 96 chunks" in str(err.value) and "near-copies of their chunk: 96" in str(err.value)
         assert "made: ict 0, heading 0, crop " in str(err.value)  # crops only, most of them shared by several chunks
         with pytest.raises(AdaptError, match=r"single sentence.*so ict and heading give nothing.*--kinds ict,heading,crop,"):
-            index.adapt(1.0, kinds=["ict", "heading"])
+            adapt_index(index, 1.0, kinds=["ict", "heading"])
         assert index.adapter is None  # near-identical abstracts tie in search, so compare the query vectors
         np.testing.assert_array_equal(index.query_encoder.encode_queries(query), before)
         assert index.search(query[0], k=1)[0].text.startswith("Measured radio emission intensity over the equator")

@@ -387,10 +387,22 @@ def _store_file_kinds(store: Path) -> dict[str, Path]:
     return kinds
 
 
-def test_fault_injection_every_store_file_deleted_or_truncated(mistral, mistral_dir, tmp_path, monkeypatch):
-    """Each kind of store file, deleted or truncated: a clear error naming the store and the repair, or an
-    automatic repair; never a silent wrong answer, never a traceback. ``check --repair`` then restores
-    the exact search results, or says to rebuild with --recreate."""
+def _corrupt(path: Path, seed: int) -> None:
+    """Overwrite up to 64 bytes in the middle of a file with random bytes (the size stays the same)."""
+    import random
+
+    size = path.stat().st_size
+    n = min(64, size)
+    with open(path, "r+b") as fh:
+        fh.seek(max(0, size // 2 - n // 2))
+        fh.write(random.Random(seed).randbytes(n))
+
+
+def test_fault_injection_every_store_file_deleted_truncated_or_corrupted(mistral, mistral_dir, tmp_path, monkeypatch):
+    """Each kind of store file, deleted, truncated or with bytes overwritten: the right answer, a clear error naming
+    the store and the repair, or an automatic repair; never a traceback. A wrong answer after overwritten bytes is
+    never silent: ``check`` reports the damage. ``check --repair`` then restores the exact search results, or says
+    to rebuild with --recreate."""
     from lganna_rag.encoder import LGAnnaEncoder
 
     loader = LGAnnaEncoder.from_pretrained.__func__
@@ -419,7 +431,8 @@ def test_fault_injection_every_store_file_deleted_or_truncated(mistral, mistral_
         info = run(store, "info", "--json")
         if info.exit_code or any(r.exit_code for r in results.values()):
             return -1, {m: r.output for m, r in results.items()}
-        return json.loads(info.stdout)["chunks"], {m: [h["id"] for h in json.loads(r.stdout)] for m, r in results.items()}
+        return json.loads(info.stdout)["chunks"], {m: [(h["id"], h["text"]) for h in json.loads(r.stdout)]
+                                                   for m, r in results.items()}
 
     expected = answers(base)
     assert expected[0] > 12 and all(len(ids) == 5 for ids in expected[1].values())
@@ -431,21 +444,29 @@ def test_fault_injection_every_store_file_deleted_or_truncated(mistral, mistral_
 
     outcomes: dict[str, str] = {}
     for kind, rel in _store_file_kinds(base).items():
-        for how in ("delete", "truncate"):
+        for how in ("delete", "truncate", "corrupt"):
             work = tmp_path / f"work-{len(outcomes)}"
             subprocess.run(["cp", "-r", "--sparse=always", str(base), str(work)], check=True)
             if how == "delete":
                 (work / rel).unlink()
-            else:
+            elif how == "truncate":
                 os.truncate(work / rel, 0)
-            # reading: the right answer, or a clear error
+            else:
+                _corrupt(work / rel, seed=len(outcomes))
+            # reading: the right answer, or a clear error (after overwritten bytes, or check reports the damage)
+            wrong = []
             for mode, q in queries.items():
                 r = run(work, "search", q, "--mode", mode, "-k", "5", "--json", *model)
-                assert (r.exit_code == 0 and [h["id"] for h in json.loads(r.stdout)] == expected[1][mode]) or clear(r), \
-                    (kind, how, mode, r.output)
+                if not ((r.exit_code == 0 and [(h["id"], h["text"]) for h in json.loads(r.stdout)] == expected[1][mode])
+                        or clear(r)):
+                    wrong.append((mode, r.output))
             info = run(work, "info", "--json")
-            assert (info.exit_code == 0 and json.loads(info.stdout)["chunks"] == expected[0]) or clear(info), \
-                (kind, how, info.output)
+            if not ((info.exit_code == 0 and json.loads(info.stdout)["chunks"] == expected[0]) or clear(info)):
+                wrong.append(("info", info.output))
+            if wrong:
+                assert how == "corrupt", (kind, how, wrong)
+                checked = run(work, "check", *model)
+                assert checked.exit_code == 1 and "damaged" in checked.output, (kind, how, wrong, checked.output)
             # an index run repairs what it can, or stops with a clear error; never "unchanged" on a damaged store
             indexed = run(work, "index", str(docs), *model, "--quiet", "--json")
             assert indexed.exit_code == 0 or clear(indexed), (kind, how, indexed.output)
@@ -465,5 +486,5 @@ def test_fault_injection_every_store_file_deleted_or_truncated(mistral, mistral_
                 assert rebuilt.exit_code == 0 and answers(work) == expected, (kind, how, rebuilt.output)
                 outcomes[f"{how} {kind}"] = "rebuilt with --recreate"
             shutil.rmtree(work)
-    assert len(outcomes) >= 40
+    assert len(outcomes) >= 60
     print(json.dumps(outcomes, indent=1))

@@ -96,12 +96,11 @@ def test_precision_is_checked_and_has_a_default(monkeypatch):
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="CPU only"):
         resolve_precision("int8", cuda)
-    monkeypatch.delenv("LGANNA_PRECISION", raising=False)
     from lganna_rag.encoder import CPU_DEFAULT_PRECISION
 
     assert resolve_precision(None, cpu) == CPU_DEFAULT_PRECISION and resolve_precision(None, cuda) == "fp32"
-    monkeypatch.setenv("LGANNA_PRECISION", "int8")
-    assert resolve_precision(None, cpu) == "int8"
+    monkeypatch.setenv("LGANNA_PRECISION", "int8")  # the library reads no environment: only the CLI does
+    assert resolve_precision(None, cpu) == CPU_DEFAULT_PRECISION
     with pytest.raises(ValueError, match="float32"):
         LGAnnaEncoder.from_pretrained("minilm", precision="int8", dtype="bfloat16", device="cpu")
     tiny = torch.nn.Sequential(torch.nn.Linear(4, 4))
@@ -131,7 +130,7 @@ def test_cli_precision_and_threads_options(monkeypatch):
     assert vectors["fp32"].shape == (2, 384) and 0.95 < cos.min() and cos.max() < 0.99999
     for command in ("index", "search", "embed", "serve"):
         help_text = CliRunner().invoke(main, [command, "--help"]).output
-        assert "--precision [auto|fp32|int8|int8-onnx|int8-torch]" in help_text and "--threads" in help_text
+        assert "--precision [auto|fp32|bf16|int8|int8-onnx|int8-torch]" in help_text and "--threads" in help_text
     bad = CliRunner().invoke(main, ["embed", "--precision", "int4"], input="x\n")
     assert bad.exit_code == 2 and "int4" in bad.output
 

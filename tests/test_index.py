@@ -121,9 +121,9 @@ def test_incremental_runs_converge_to_a_clean_run(mistral, tmp_path):
 
 
 def test_stopped_run_resumes_to_the_clean_result(mistral, tmp_path, monkeypatch):
-    import lganna_rag.index as index_module
+    import lganna_rag.sync as sync_module
 
-    monkeypatch.setattr(index_module, "WRITE_BATCH", 16)
+    monkeypatch.setattr(sync_module, "WRITE_BATCH", 16)
     docs = write_corpus(tmp_path / "docs", n_files=8, words=180)
     index = Index(tmp_path / "store", encoder=mistral)
     calls = []
@@ -245,16 +245,21 @@ def test_corrupted_store_is_reported_and_recreate_fixes_it(mistral, tmp_path):
         Index(tmp_path / "store", encoder=mistral)
 
 
-def test_store_in_use_by_another_process_is_a_clear_error(mistral, tmp_path):
+def test_two_users_of_one_store_take_turns_and_two_writers_do_not(mistral, tmp_path):
     docs = write_topics(tmp_path / "docs")
     first = Index(tmp_path / "store", encoder=mistral)
     first.add_files([docs])
-    with pytest.raises(IndexStoreError, match="in use by another process"):
-        Index(tmp_path / "store", encoder=mistral).count()
-    n = first.count()
-    first.close()  # releases the lock
-    with Index(tmp_path / "store", encoder=mistral) as second:
-        assert second.count() == n > 0
+    n = first.count()  # first holds the shard open now
+    second = Index(tmp_path / "store", encoder=mistral, wait=20)
+    assert second.count() == n > 0  # second asks, first hands it over (no "in use" error)
+    assert first.search("lava", k=1, mode="sparse")  # and gets it back when it needs it
+    first.backend.lock()  # a write run in progress (an index, delete or repair)
+    with pytest.raises(IndexStoreError, match="in use by another process: .* is writing it"):
+        second.add_files([docs])
+    assert second.search("lava", k=1, mode="sparse")  # searches go on meanwhile
+    first.close()  # releases the writer lock
+    assert second.add_files([docs]).unchanged
+    second.close()
 
 
 def test_add_texts_ids_delete_and_count(mistral, tmp_path):
@@ -475,7 +480,7 @@ def test_corruption_found_by_index_is_repaired_or_reported(mistral, tmp_path):
     assert report.repairs == ["deleted 1 chunks whose payload was lost; their files are re-indexed"]
     assert report.indexed == ["doc003.md"] and report.chunks_written == 1 and index.count() == n
     assert index.check() == {"chunks": n, "files": 5, "problems": [], "incomplete_files": [], "repaired": False,
-                             "lost": 0}
+                             "lost": 0, "outside_files": []}
     assert_matches_clean_run(index, docs, mistral, tmp_path / "clean", chunk_size=32, overlap=4)
 
 

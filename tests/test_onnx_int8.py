@@ -110,15 +110,13 @@ def test_auto_precision_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_app
     from lganna_rag.encoder import CPU_DEFAULT_PRECISION, resolve_precision
 
     fp32, int8, cache = lganna_pair
-    monkeypatch.setenv("LGANNA_PRECISION", "auto")
     monkeypatch.setenv("LGANNA_CACHE", str(cache))
     assert CPU_DEFAULT_PRECISION == "fp32" and resolve_precision(None, torch.device("cuda")) == "fp32"
-    auto = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu")  # the export is cached by the fixture
+    auto = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="auto")  # cached by the fixture
     assert auto.precision == "int8-onnx"
     np.testing.assert_allclose(auto.encode(DOCS), int8.encode(DOCS), atol=1e-6)
-    assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", dtype="bfloat16").precision == "fp32"
-    assert LGAnnaEncoder.from_pretrained(str(mistral_dir), device="cpu").precision == "fp32"  # a decoder
-    monkeypatch.delenv("LGANNA_PRECISION")
+    assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", dtype="bfloat16", precision="auto").precision == "fp32"
+    assert LGAnnaEncoder.from_pretrained(str(mistral_dir), device="cpu", precision="auto").precision == "fp32"
     assert LGAnnaEncoder.from_pretrained("minilm", device="cpu").precision == "fp32"  # the default
     assert int8_backend("auto", is_decoder=False) == "int8-onnx"
     real = importlib.util.find_spec

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -289,3 +290,366 @@ def test_sigterm_finishes_in_flight_requests_then_exits(sts_sentences, minilm):
     assert "stopped: finished 1 requests (600 texts" in proc.stdout.read()
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=2)
+
+
+# ------------------------------------------------------------------------------------------ bad input: always a 4xx
+ENGINE_TEXT = ("JSON path", "Helper", "extract", "Traceback", "internal error", "damaged")
+
+
+def _assert_error(response: httpx.Response, status: int, param: str | None, *words: str) -> dict:
+    """An OpenAI-style JSON error with ``status`` and ``param``, whose message has ``words`` and no engine text."""
+    assert response.status_code == status, (status, param, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["type"]
+    assert error["param"] == param, error
+    assert all(w in error["message"] for w in words), (words, error)
+    assert not any(w in error["message"] for w in ENGINE_TEXT), error
+    return error
+
+
+@pytest.fixture(scope="module")
+def search_url(minilm, tmp_path_factory):
+    from lganna_rag import Index
+
+    index = Index(tmp_path_factory.mktemp("serve") / "store", collection="docs", encoder=minilm)
+    index.add_texts(TEXTS, metadatas=[{"source": f"doc{i}.md"} for i in range(len(TEXTS))])
+    with background(build_app(minilm, index=index, settings=ServeSettings(max_chars=1000))) as url:
+        yield url
+    index.close()
+
+
+SEARCH_CASES = [  # (body, status, param, words in the message)
+    ({"query": "x", "filter": {"chunk": True}}, 400, "filter", ["'chunk'", "boolean"]),  # matched chunk 1 before
+    ({"query": "x", "filter": {"chunk": 2**70}}, 400, "filter", ["'chunk'", "64 bits"]),
+    ({"query": "x", "filter": {"chunk": None}}, 400, "filter", ["'chunk'", "null"]),
+    ({"query": "x", "filter": {"chunk": 1.5}}, 400, "filter", ["'chunk'", "1.5"]),
+    ({"query": "x", "filter": {"source": {"$ne": "x"}}}, 400, "filter", ["'source'", "operators"]),
+    ({"query": "x", "filter": {"source": [{"a": 1}]}}, 400, "filter", ["'source'", "list of objects"]),
+    ({"query": "x", "filter": {"source": []}}, 400, "filter", ["'source'", "empty list"]),
+    ({"query": "x", "filter": {"source": ["doc1.md", 1]}}, 400, "filter", ["'source'", "mixes"]),
+    ({"query": "x", "filter": {"": "x"}}, 400, "filter", ["non-empty string"]),
+    ({"query": "x", "filter": {"a b": "x"}}, 400, "filter", ["'a b'", "payload field name"]),  # an engine error before
+    ({"query": "x", "filter": {"a[": "x"}}, 400, "filter", ["'a['"]),
+    ({"query": "x", "filter": {"$or": [{"source": "doc1.md"}]}}, 400, "filter", ["operators"]),
+    ({"query": "x", "filter": "source=doc1.md"}, 400, "filter", ["must be an object"]),
+    ({"query": "x", "filter": {"sorce": "doc1.md"}}, 400, "filter", ["'sorce'", "source"]),  # lists the real keys
+    ({"query": 5}, 400, "query", []),
+    ({"query": "   "}, 400, "query", []),
+    ({"query": "y" * 1001}, 400, "query", ["at most 1000"]),
+    ({"query": "x", "k": "5"}, 400, "k", []),
+    ({"query": "x", "k": 2.5}, 400, "k", []),
+    ({"query": "x", "k": True}, 400, "k", []),
+    ({"query": "x", "k": 1001}, 400, "k", []),
+    ({"query": "x", "k": [5]}, 400, "k", []),
+    ({"query": "x", "mode": 1}, 400, "mode", []),
+    ({"query": "x", "mode": ["dense"]}, 400, "mode", []),
+    ({"query": "x", "mode": "fuzzy"}, 400, "mode", ["'hybrid'"]),
+    ({"query": "x", "mode": {"a": 1}}, 400, "mode", []),
+    ({"query": "x", "task": 5}, 400, "task", []),
+    ({"query": "x", "task": ""}, 400, "task", []),
+    ({"query": "x", "task": "no-such-task"}, 400, "task", ["unknown task"]),
+    ({"query": "x", "task": "retrieval", "instruction": "y"}, 400, "task", ["not both"]),
+    ({"query": "x", "instruction": 5}, 400, "instruction", []),
+    ({"query": "x", "instruction": "z" * 1001}, 400, "instruction", ["at most 1000"]),
+    ({"query": "x", "examples": "x"}, 400, "examples", []),
+    ({"query": "x", "examples": [["a"]]}, 400, "examples", []),
+    ({"query": "x", "examples": [[1, 2]]}, 400, "examples", []),
+    ({"query": "x", "examples": [["a" * 600, "b" * 600]]}, 400, "examples", ["at most 1000"]),
+    ({"query": "x", "collection": 5}, 404, "collection", []),
+    ({"query": "x", "collection": "other"}, 404, "collection", ["'docs'"]),
+]
+RAW_SEARCH_CASES = [  # bodies json.dumps cannot write: lone surrogates, bad JSON
+    (b'{"query": "bad \\ud800 text"}', 400, "query", ["'query'", "surrogate", "U+D800"]),
+    (b'{"query": "x", "filter": {"source": "\\udcff"}}', 400, "filter", ["'source'", "surrogate"]),
+    (b'{"query": "x", "filter": {"\\ud800": "a"}}', 400, "filter", ["surrogate"]),
+    (b'{"query": "x", "instruction": "find \\ud800"}', 400, "instruction", ["surrogate"]),
+    (b'{"query": "x", "examples": [["q", "r \\udfff"]]}', 400, "examples", ["examples[0][1]", "surrogate"]),
+    (b'{"query": "x", "k": 1' + b"1" * 5000 + b"}", 400, None, ["not valid JSON"]),  # past Python's digit limit
+    (b"[" * 100_000 + b"]" * 100_000, 400, None, ["not valid JSON"]),  # RecursionError in json.loads
+    (b'{"query": "\xff\xfe"}', 400, None, ["not valid JSON"]),
+    (b'["query"]', 400, None, ["JSON object"]),
+]
+
+
+def test_bad_search_requests_get_4xx_json_never_500(search_url):
+    for body, status, param, words in SEARCH_CASES:
+        _assert_error(httpx.post(search_url + "/v1/search", json=body, timeout=30), status, param, *words)
+    for raw, status, param, words in RAW_SEARCH_CASES:
+        response = httpx.post(search_url + "/v1/search", content=raw, timeout=30,
+                              headers={"Content-Type": "application/json"})
+        _assert_error(response, status, param, *words)
+    _assert_error(httpx.get(search_url + "/v1/search"), 405, None, "GET /v1/search")
+    _assert_error(httpx.post(search_url + "/health"), 405, None)
+    _assert_error(httpx.get(search_url + "/v1/nothing-here"), 404, None, "no route /v1/nothing-here")
+    ok = httpx.post(search_url + "/v1/search", json={"query": "capital of France", "k": None, "mode": None,
+                                                     "filter": {"source": ["doc1.md", "doc2.md"]}}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["data"][0]["source"] == "doc1.md"  # the server is still fine
+    assert httpx.get(search_url + "/health").json()["stats"]["requests"] >= 1
+
+
+EMBEDDING_CASES = [
+    ({"input": {"a": 1}}, 400, "input", ["dict"]),
+    ({"input": [["a"]]}, 400, "input", ["token ids"]),
+    ({"input": ["a", 1]}, 400, "input", ["'input[1]'"]),
+    ({"input": "hi", "encoding_format": 5}, 400, "encoding_format", []),
+    ({"input": "hi", "encoding_format": ["float"]}, 400, "encoding_format", []),
+    ({"input": "hi", "input_type": 5}, 400, "input_type", []),
+    ({"input": "hi", "dimensions": True}, 400, "dimensions", []),
+    ({"input": "hi", "dimensions": "384"}, 400, "dimensions", []),
+    ({"input": "hi", "input_type": "query", "task": 5}, 400, "task", []),
+    ({"input": "hi", "input_type": "query", "instruction": ""}, 400, "instruction", []),
+    ({"input": "hi", "input_type": "query", "examples": "x"}, 400, "examples", []),
+    ({"input": "hi", "input_type": "query", "examples": [["a", "b", "c"]]}, 400, "examples", []),
+    ({"input": "hi", "model": 5}, 404, "model", []),
+]
+RAW_EMBEDDING_CASES = [
+    (b'{"input": ["fine", "bad \\ud800"]}', 400, "input", ["'input[1]'", "surrogate"]),
+    (b'{"input": "\\udcff"}', 400, "input", ["'input'", "surrogate"]),
+    (b'{"input": "hi", "input_type": "query", "instruction": "\\ud800"}', 400, "instruction", ["surrogate"]),
+    (b'{"input": "hi", "input_type": "query", "examples": [["\\ud800", "r"]]}', 400, "examples", ["examples[0][0]"]),
+    (b'{"input": "hi", "dimensions": ' + b"9" * 5000 + b"}", 400, None, ["not valid JSON"]),
+    (b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, None, ["not valid JSON"]),
+]
+
+
+def test_bad_embedding_requests_get_4xx_json_never_500(minilm_url):
+    for body, status, param, words in EMBEDDING_CASES:
+        _assert_error(httpx.post(minilm_url + "/v1/embeddings", json=body, timeout=30), status, param, *words)
+    for raw, status, param, words in RAW_EMBEDDING_CASES:
+        response = httpx.post(minilm_url + "/v1/embeddings", content=raw, timeout=30,
+                              headers={"Content-Type": "application/json"})
+        _assert_error(response, status, param, *words)
+    _assert_error(httpx.post(minilm_url + "/v1/search", json={"query": "x"}), 404, None, "no collection")
+    ok = httpx.post(minilm_url + "/v1/embeddings", json={"input": "hi", "encoding_format": None}, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
+
+
+# ------------------------------------------------------------------------------------------ no head-of-line blocking
+def _fake_encode(groups: list[list[str]], gate: threading.Event, fail_on: str | None = None):
+    """An ``encode`` for EncodeQueue that records each group's texts (the first group waits for ``gate``); a
+    text's vector is [its length, its place in the group]."""
+
+    def encode(texts: list[str], prompt_lengths: list[int]):
+        groups.append(list(texts))
+        assert gate.wait(30)
+        if fail_on is not None and fail_on in texts:
+            raise RuntimeError("encoder failed")
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32), [len(t) for t in texts]
+
+    return encode
+
+
+async def _first_group_taken(groups: list[list[str]]) -> None:
+    while not groups:
+        await __import__("asyncio").sleep(0.001)
+
+
+def test_encode_queue_splits_large_requests_and_takes_turns():
+    """Groups hold at most max_batch texts and max_batch_tokens estimated tokens; a new request that fits in a group
+    goes next, alone; larger ones are split and take turns; each request gets its vectors in order."""
+    import asyncio
+
+    from lganna_rag.serve import EncodeQueue
+
+    groups: list[list[str]] = []
+    gate = threading.Event()
+
+    async def scenario():
+        queue = EncodeQueue(_fake_encode(groups, gate), max_batch=4, max_batch_tokens=100)
+        queue.start()
+        big = asyncio.ensure_future(queue.submit([f"big{i}" for i in range(10)], costs=[10] * 10))
+        await _first_group_taken(groups)  # group 0 (big's first 4) is encoding: the others arrive meanwhile
+        other = asyncio.ensure_future(queue.submit([f"oth{i}" for i in range(6)], costs=[10] * 6))
+        small = asyncio.ensure_future(queue.submit(["s"], costs=[1]))
+        heavy = asyncio.ensure_future(queue.submit(["h0", "h1", "h2"], costs=[60, 60, 60]))
+        await asyncio.sleep(0.01)
+        assert queue.pending == 20
+        gate.set()
+        results = await asyncio.gather(big, other, small, heavy)
+        stats, pending = queue.stats.to_dict(), queue.pending
+        await queue.close()
+        return results, stats, pending
+
+    (big, other, small, heavy), stats, pending = asyncio.run(scenario())
+    assert groups == [
+        ["big0", "big1", "big2", "big3"],
+        ["s"],  # new and small: alone, right after the group that was encoding when it came (not filled up)
+        ["oth0", "oth1", "oth2", "oth3"],  # then the large ones take turns, a new one first
+        ["h0", "big4", "big5", "big6"],  # h1 would pass the 100-token budget (60 + 60)
+        ["oth4", "oth5", "h1", "big7"],
+        ["h2", "big8", "big9"],
+    ]
+    assert big[0][:, 0].tolist() == [4.0] * 10 and big[1] == [4] * 10  # vectors of 3 groups, in order
+    assert other[0][:, 0].tolist() == [4.0] * 6 and small[0].tolist() == [[1.0, 0.0]] and len(heavy[0]) == 3
+    assert stats["requests"] == 4 and stats["texts"] == 20 and stats["batches"] == 6 and pending == 0
+
+
+def test_encode_queue_alternates_small_and_large_so_neither_starves():
+    import asyncio
+
+    from lganna_rag.serve import EncodeQueue
+
+    groups: list[list[str]] = []
+    gate = threading.Event()
+
+    async def scenario():
+        queue = EncodeQueue(_fake_encode(groups, gate), max_batch=2)
+        queue.start()
+        big = asyncio.ensure_future(queue.submit([f"big{i}" for i in range(8)]))
+        await _first_group_taken(groups)
+        smalls = [asyncio.ensure_future(queue.submit([f"s{i}"])) for i in range(5)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(big, *smalls)
+        await queue.close()
+
+    asyncio.run(scenario())
+    assert groups == [["big0", "big1"], ["s0", "s1"], ["big2", "big3"], ["s2", "s3"], ["big4", "big5"], ["s4"],
+                      ["big6", "big7"]]
+
+
+def test_encode_queue_failures_and_cancellations_stay_with_their_request():
+    """A failing group fails its requests (their later texts are dropped), a request whose rendering fails fails
+    alone, a cancelled request's texts are dropped, and the queue's count of pending texts stays right."""
+    import asyncio
+
+    from lganna_rag.serve import EncodeQueue
+
+    groups: list[list[str]] = []
+    gate = threading.Event()
+
+    def bad_prepare(texts):
+        raise ValueError("cannot render")
+
+    async def scenario():
+        queue = EncodeQueue(_fake_encode(groups, gate, fail_on="boom3"), max_batch=2)
+        queue.start()
+        first = asyncio.ensure_future(queue.submit(["a0", "a1"]))
+        await _first_group_taken(groups)
+        failing = asyncio.ensure_future(queue.submit([f"boom{i}" for i in range(2, 8)]))
+        unrenderable = asyncio.ensure_future(queue.submit(["u"], prepare=bad_prepare))
+        fine = asyncio.ensure_future(queue.submit(["f0", "f1", "f2"]))
+        gone = asyncio.ensure_future(queue.submit([f"gone{i}" for i in range(8)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        results = await asyncio.gather(first, failing, unrenderable, fine, return_exceptions=True)
+        after = await queue.submit(["after"])
+        pending = queue.pending
+        await queue.close()
+        return results, after, pending
+
+    (first, failing, unrenderable, fine), after, pending = asyncio.run(scenario())
+    assert isinstance(failing, RuntimeError) and isinstance(unrenderable, ValueError)
+    assert len(first[0]) == 2 and len(fine[0]) == 3 and len(after[0]) == 1 and pending == 0
+    # boom4.. never encoded, "u" failed alone (no forward pass), gone's texts dropped
+    assert groups == [["a0", "a1"], ["boom2", "boom3"], ["f0", "f1"], ["f2"], ["after"]]
+
+
+def test_a_small_request_is_answered_between_groups_of_a_large_one(minilm, sts_sentences, monkeypatch):
+    """A 200-text /v1/embeddings request of ~2k characters each is split into groups of max_batch; a small
+    request sent while its first group encodes goes into the next group and is answered long before it ends."""
+    n = len(sts_sentences)
+    big = [f"{i}: " + " ".join(sts_sentences[(i + j) % n] for j in range(20))[:2000] for i in range(200)]
+    real, calls = minilm.encode_ids, []
+    entered, gate = threading.Event(), threading.Event()
+
+    def recording(ids, **kwargs):
+        calls.append([len(row) for row in ids])
+        if len(calls) == 1:
+            entered.set()
+            assert gate.wait(60)  # hold the first group until the small request is queued
+        return real(ids, **kwargs)
+
+    monkeypatch.setattr(minilm, "encode_ids", recording)
+    finished: dict[str, tuple[float, httpx.Response]] = {}
+
+    def post(name: str, texts: Any) -> None:
+        r = httpx.post(url + "/v1/embeddings", json={"input": texts, "encoding_format": "base64"}, timeout=600)
+        finished[name] = (time.monotonic(), r)
+
+    with background(build_app(minilm, settings=ServeSettings(max_batch=16))) as url:
+        threads = [threading.Thread(target=post, args=("big", big))]
+        threads[0].start()
+        assert entered.wait(120)
+        threads.append(threading.Thread(target=post, args=("small", "capital of France?")))
+        threads[1].start()
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/health").json()["queue"]["pending"] < len(big) + 1:
+            assert time.monotonic() < deadline, "the small request never reached the queue"
+            time.sleep(0.01)
+        gate.set()
+        for t in threads:
+            t.join(600)
+        stats = httpx.get(url + "/health").json()["stats"]
+    groups = list(calls)
+    small_group = [i for i, lengths in enumerate(groups) if min(lengths) < 20]
+    assert small_group == [1], groups  # right after the group that was encoding when it came
+    assert len(groups) >= 13 and max(len(g) for g in groups) <= 16  # 200 texts in groups of at most 16
+    assert finished["small"][0] < finished["big"][0]
+    assert finished["small"][1].status_code == 200 and finished["big"][1].status_code == 200
+    import base64
+
+    got = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in finished["big"][1].json()["data"]])
+    picked = [0, 15, 16, 100, 199]  # across group borders: each vector is its own text's, in order
+    assert got.shape == (200, 384) and np.min(_cos(got[picked], real(minilm.tokenize([big[i] for i in picked])[0]))) >= 0.9999
+    small = np.frombuffer(base64.b64decode(finished["small"][1].json()["data"][0]["embedding"]), dtype="<f4")
+    assert _cos(small, minilm.encode("capital of France?"))[0] >= 0.9999
+    assert stats["requests"] == 2 and stats["texts"] == 201
+
+
+# ------------------------------------------------------------------------------------------ adapters
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER_QUERIES = ["how do I make the search use hybrid ranking?", "what temperature should green tea be brewed at?",
+                   "why does a readiness probe remove a pod?", "how often do I feed a sourdough starter?"]
+
+
+def test_search_embeds_queries_with_the_collections_adapter(tmp_path):
+    """/v1/search ranks exactly as Index.search with the collection's adapter; /health and /v1/models name it (null
+    for a plain collection), read from the index each time (undoing the adapter while serving shows at once)."""
+    pytest.importorskip("peft")
+    from lganna_rag import Index
+    from lganna_rag.adapt import adapt_index, undo
+    from lganna_rag.serve import adapter_note, describe_adapter
+
+    with Index(tmp_path / "store", collection="docs", model="minilm") as index:
+        index.add_files([REPO / "examples" / "docs"], chunk_size=96, overlap=16)
+        assert describe_adapter(index) is None and "no adapter" in adapter_note(index)
+        with background(build_app(index.encoder, index=index)) as url:  # a plain collection
+            assert httpx.get(url + "/health").json()["adapter"] is None
+            assert httpx.get(url + "/v1/models").json()["data"][0]["adapter"] is None
+        # a few steps on a small collection: only the routing of queries is tested here
+        report = adapt_index(index, 5.0, steps=4, seed=0, keep_if_worse=True, batch_size=8)
+        assert report.kept and index.adapter is not None
+
+    index = Index(tmp_path / "store", collection="docs")
+    try:
+        base = index.encoder
+        name = index.adapter.name
+        assert index.query_encoder is not base
+        with background(build_app(base, index=index)) as url:
+            health = httpx.get(url + "/health").json()
+            model = httpx.get(url + "/v1/models").json()["data"][0]
+            assert health["adapter"]["name"] == name == model["adapter"]["name"]
+            assert health["adapter"]["dir"] == str(index.adapter) and name in adapter_note(index)
+            changed = 0
+            for q in ADAPTER_QUERIES:
+                for mode in ("hybrid", "dense"):
+                    got = search_remote(url, q, k=5, mode=mode)
+                    want = index.search(q, k=5, mode=mode)
+                    # equal RRF scores (ties) come in either order
+                    assert sorted((-round(h["score"], 5), h["id"]) for h in got) == \
+                        sorted((-round(h.score, 5), h.id) for h in want), (q, mode)
+                    assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+                plain = index.search_by_vector(base.encode_queries([q])[0], 5)  # the base model's dense ranking
+                changed += [h.score for h in plain] != pytest.approx([h["score"] for h in got], abs=1e-4)
+            assert changed > 0  # the adapter really changed the query vectors the server used
+
+            assert undo(index) == name  # back to the base model while serving
+            assert httpx.get(url + "/health").json()["adapter"] is None
+            got = search_remote(url, ADAPTER_QUERIES[0], k=5, mode="dense")
+            want = index.search_by_vector(base.encode_queries([ADAPTER_QUERIES[0]])[0], 5)
+            assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+    finally:
+        index.close()
