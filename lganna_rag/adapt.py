@@ -14,8 +14,9 @@
      :mod:`lganna_rag.questions`), the chunk the positive.
 
    Pseudo-queries that are near-copies of their chunk (they cover most of its words), shorter than three
-   words, or found in more than one chunk (boilerplate) are dropped. The queries of a random 10% of the
-   chunks (at most :data:`DEV_MAX`) are held out as the dev split that decides whether the adapter is kept.
+   words, or found in more than one chunk (boilerplate) are dropped. The queries of a random 20% of the
+   chunks (:data:`DEV_FRACTION`, at most :data:`DEV_MAX`) are held out as the dev split that decides whether the
+   adapter is kept.
 2. **Teacher** (:func:`teacher_labels`): candidates from the collection's two searches (dense top 20 over its
    stored vectors, BM25 top 20 over its sparse vectors: the halves of its hybrid search), graded by the
    engine's stage 2 (:func:`lganna_rag.objectives.make_reranker`: 0.7 x dense cosine + 0.3 x BM25 /
@@ -46,21 +47,24 @@ did not carry over to real queries (see README: "Adapting to your collection").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import random
 import re
 import shutil
+import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .metrics import mrr_at_k
+from .metrics import bootstrap_lower, mrr_at_k, rank_in, reciprocal_rank
 from .models import lora_targets
 from .objectives import keep_mask, make_reranker, soft_label_kl, teacher_distribution
 
@@ -71,12 +75,16 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 KINDS = ("ict", "heading", "crop", "question")
+#: The search modes an adapter can be judged on (``sparse`` does not embed queries).
+MODES = ("hybrid", "dense")
 #: The kinds used unless asked otherwise (``question`` is opt-in: it runs a language model).
 DEFAULT_KINDS = ("ict", "heading", "crop")
 #: Default cap on the chunks that get a generated question (``question`` kind).
 QUESTIONS = 200
-#: Most pseudo-queries held out as the dev split.
-DEV_MAX = 200
+#: Most pseudo-queries held out as the dev split (it decides whether the adapter is kept: larger is surer).
+DEV_MAX = 400
+#: Share of the chunks whose pseudo-queries are held out.
+DEV_FRACTION = 0.2
 #: The longest ``crop`` pseudo-query (words), and the largest share of its chunk's words it may take.
 CROP_MAX = 16
 CROP_SHARE = 0.4
@@ -215,7 +223,7 @@ def make_pseudo_queries(chunks: Sequence[tuple[str, str, dict[str, Any]]], kinds
     return out, stats
 
 
-def split_dev(queries: Sequence[PseudoQuery], fraction: float = 0.1, max_dev: int = DEV_MAX,
+def split_dev(queries: Sequence[PseudoQuery], fraction: float = DEV_FRACTION, max_dev: int = DEV_MAX,
               seed: int = 0) -> tuple[list[PseudoQuery], list[PseudoQuery]]:
     """(train, dev): the queries of a random ``fraction`` of the chunks (at most ``max_dev`` queries) are dev;
     their chunks give no training query."""
@@ -243,18 +251,22 @@ def mrr_at_10(ranked: Sequence[Sequence[str]], wanted: Sequence[str]) -> float:
 # ------------------------------------------------------------------------------------------ report
 @dataclass
 class AdaptReport:
-    """What an adapt run did."""
+    """What an adapt run did. ``dev_mrr_*``: MRR@10 (x100) of the held-out pseudo-queries over the whole collection,
+    ranked through the store in the search ``mode`` the decision was made for; ``gain_lower``: the one-sided 95%
+    bootstrap lower bound of the adapter's per-query gain (x100); ``reason``: why it was kept or not."""
 
     collection: str
     model: str
+    mode: str = "hybrid"
     kinds: dict[str, int] = field(default_factory=dict)
     train_queries: int = 0
     dev_queries: int = 0
     steps: int = 0
-    #: Dense MRR@10 (x100) of the held-out pseudo-queries over the whole collection, query side.
     dev_mrr_base: float = 0.0
     dev_mrr_adapted: float = 0.0
+    gain_lower: float = 0.0
     kept: bool = False
+    reason: str = ""
     adapter: str | None = None
     replaced: str | None = None
     seconds: float = 0.0
@@ -302,8 +314,17 @@ def lr_factor(step: int, steps: int, warmup: int, start: float, deadline: float,
 
 def dense_ranking(index: "Index", encoder: "LGAnnaEncoder", queries: Sequence[str], k: int = 10) -> list[list[str]]:
     """Point ids of each query's dense top ``k`` over the collection's stored vectors."""
+    return ranking(index, encoder, queries, "dense", k)
+
+
+def ranking(index: "Index", encoder: "LGAnnaEncoder", queries: Sequence[str], mode: str = "hybrid",
+            k: int = 10) -> list[list[str]]:
+    """Point ids of each query's top ``k`` through the store, ranked as ``Index.search`` ranks in ``mode`` (the
+    query embedded by ``encoder``)."""
     vecs = encoder.encode_queries(list(queries), batch_size=32)
-    return [[h.id for h in index.search_by_vector(v, k)] for v in vecs]
+    with index.backend.session():
+        return [[h.id for h in index.search_by_vector(v, k, text=q if mode == "hybrid" else None)]
+                for q, v in zip(queries, vecs)]
 
 
 def load_query_encoder(base: str, adapter: Path, precision: str | None = None) -> "LGAnnaEncoder":
@@ -317,6 +338,7 @@ def adapt_index(
     index: "Index",
     minutes: float = 10.0,
     *,
+    mode: str = "hybrid",
     kinds: Sequence[str] = DEFAULT_KINDS,
     questions: int = QUESTIONS,
     seed: int = 0,
@@ -334,32 +356,36 @@ def adapt_index(
     """Adapt ``index``'s model to its chunks (see the module docstring); returns an :class:`AdaptReport`.
 
     ``minutes`` bounds the whole run (training stops early to fit; with the ``question`` kind, writing the
-    ``questions`` questions comes out of the same budget). The adapter becomes current only if it
-    beats the base model on the held-out pseudo-queries (dense MRR@10), unless ``keep_if_worse``.
+    ``questions`` questions comes out of the same budget). The adapter becomes current only if it clearly beats
+    the base model on the held-out pseudo-queries, searched as the user searches (``mode``: ``hybrid``, the
+    default search, or ``dense``): the one-sided 95% bootstrap lower bound of its per-query MRR@10 gain must be
+    above zero; otherwise (or when time ran out before any training step) the collection is left as it was and
+    :attr:`AdaptReport.reason` says why. ``keep_if_worse`` keeps the best trained state whatever it scores.
     ``reranker`` is the teacher's stage 2: ``fusion`` or ``cross-encoder:<directory>``. ``teacher_model`` is the
-    teacher's dense model (default: the collection's own; e.g. ``mpnet``, stronger and ~5x slower). ``steps`` fixes the
-    schedule's length (default: four passes over the pseudo-queries, at most 3000; time may stop it sooner: the
-    learning rate falls to zero by the deadline or the last step, whichever comes first). ``candidates`` is the
-    number of graded teacher candidates per pseudo-query (the KL term's list).
+    teacher's dense model (default: the collection's own). ``steps`` fixes the schedule's length (default: four
+    passes over the pseudo-queries, at most 3000; the learning rate falls to zero by the deadline or the last
+    step, whichever comes first). ``candidates``: graded teacher candidates per pseudo-query (the KL term's list).
     """
     from .models import REGISTRY
 
     t0 = time.monotonic()
-    deadline = t0 + minutes * 60
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (the search the adapter is judged on), got {mode!r}")
     meta = index.require()
     base = meta["model"]["name"]
     if base in REGISTRY and REGISTRY[base].kind == "static":
         raise AdaptError(f"model {base!r} is a static token table: it has no layers a LoRA adapter can train")
     root = adapter_root(index)
-    report = AdaptReport(index.collection, base)
-    say = progress or (lambda p: None)
+    run = _Run(index, AdaptReport(index.collection, base, mode), root, meta, t0, t0 + minutes * 60,
+               progress or (lambda p: None), dict(kinds=list(kinds), questions=questions, seed=seed,
+                                                  max_queries=max_queries, batch_size=batch_size, lr=lr,
+                                                  max_length=max_length, candidates=candidates, reranker=reranker,
+                                                  teacher_model=teacher_model, steps=steps,
+                                                  keep_if_worse=keep_if_worse))
     with _adapt_lock(root):
-        return _adapt(index, report, root, meta, base, t0, deadline, say, kinds=kinds, questions=questions, seed=seed,
-                      max_queries=max_queries, batch_size=batch_size, lr=lr, max_length=max_length,
-                      candidates=candidates, reranker=reranker, teacher_model=teacher_model, steps=steps,
-                      keep_if_worse=keep_if_worse)
+        return run.run()
 
 
 @contextlib.contextmanager
@@ -379,110 +405,132 @@ def _adapt_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _adapt(index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any], base: str, t0: float,
-           deadline: float, say: Callable[[AdaptProgress], None], *, kinds: Sequence[str], questions: int, seed: int, max_queries: int,
-           batch_size: int, lr: float, max_length: int, candidates: int, reranker: str, teacher_model: str | None,
-           steps: int | None, keep_if_worse: bool) -> AdaptReport:
-    """The body of :func:`adapt_index`, under the adapt lock."""
+class _Run:
+    """One adapt run, stage by stage (under the adapt lock)."""
 
-    # 1. pseudo-queries from the chunks
-    say(AdaptProgress("queries", message="reading chunks"))
-    chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True) if isinstance(p.get("text"), str)]
-    if "question" in kinds:
-        say(AdaptProgress("questions", 0, min(questions, len(chunks)), message=f"writing questions for "
-                          f"{min(questions, len(chunks))} sampled chunks with SmolLM2-135M-Instruct"))
-    queries, stats = make_pseudo_queries(
-        chunks, kinds, seed, questions=questions,
-        progress=lambda done, total: say(AdaptProgress("questions", done, total)))
-    report.kinds = stats
-    report.questions = {p.chunk_id: p.query for p in queries if p.kind == "question"}
-    if "question" in kinds:
-        say(AdaptProgress("questions", stats["questions_sampled"], stats["questions_sampled"], message=(
-            f"{stats['question']} questions kept of {stats['questions_sampled']} written "
-            f"({stats['questions_per_second']:.2f}/s, {stats['questions_seconds']:.0f} s)")))
-        if deadline - time.monotonic() < 60:
-            raise AdaptError(f"writing {stats['questions_sampled']} questions used the {(deadline - t0) / 60:.1f}-minute "
-                             f"budget; give more --minutes or fewer --questions")
-    train_q, dev_q = split_dev(queries, seed=seed)
-    if len(train_q) < 2 * batch_size or len(dev_q) < 5:
-        raise AdaptError(_too_few_message(index.collection, len(queries), len(chunks), 2 * batch_size + 5, kinds, stats))
-    rng = random.Random(seed)
-    rng.shuffle(train_q)
-    if len(train_q) > max_queries:  # one query per chunk first, so the teacher's pool covers most chunks
-        seen: set[str] = set()
-        first = [p for p in train_q if not (p.chunk_id in seen or seen.add(p.chunk_id))]
-        rest = [p for p in train_q if p not in set(first)]
-        train_q = (first + rest)[:max_queries]
-    report.train_queries, report.dev_queries = len(train_q), len(dev_q)
-    say(AdaptProgress("queries", message=f"{len(train_q)} training and {len(dev_q)} dev pseudo-queries "
-                                        f"({', '.join(f'{k} {stats[k]}' for k in kinds)}; dropped {stats['near_copy']} "
-                                        f"near-copies, {stats['duplicate']} duplicates)"))
+    def __init__(self, index: "Index", report: AdaptReport, root: Path, meta: dict[str, Any], t0: float,
+                 deadline: float, say: Callable[[AdaptProgress], None], opts: dict[str, Any]) -> None:
+        self.index, self.report, self.root, self.meta = index, report, root, meta
+        self.t0, self.deadline, self.say, self.o = t0, deadline, say, opts
+        self.base = report.model
 
-    # the base model's dev score, as search serves it (query side: the stored document vectors)
-    base_encoder = index.encoder
-    wanted = [p.chunk_id for p in dev_q]
-    report.dev_mrr_base = mrr_at_10(dense_ranking(index, base_encoder, [p.query for p in dev_q]), wanted)
+    def run(self) -> AdaptReport:
+        """Pseudo-queries, the base's dev score, the teacher, training, the keep decision, saving."""
+        chunks, train_q, dev_q, stats = self.pseudo_queries()
+        wanted = [p.chunk_id for p in dev_q]
+        dev_texts = [p.query for p in dev_q]
+        base_rr = _reciprocal_ranks(ranking(self.index, self.index.encoder, dev_texts, self.report.mode), wanted)
+        self.report.dev_mrr_base = round(100 * float(np.mean(base_rr)), 2)
+        ids, vectors = stored_vectors(self.index)
+        row_of = {pid: r for r, pid in enumerate(ids)}
+        text_of = {pid: text for pid, text, _ in chunks}
+        labels = teacher_labels(self.index, self.index.encoder, [text_of.get(pid, "") for pid in ids], vectors, row_of,
+                                train_q, reranker=self.o["reranker"], teacher_model=self.o["teacher_model"],
+                                k=self.o["candidates"], progress=self.say)
+        previous = (self.meta.get("adapter") or {}).get("dir")
+        _clean(self.root, keep=previous)
+        with tempfile.TemporaryDirectory(prefix="lganna-adapt-") as work:  # outside the store: a killed run leaves
+            export_dir = Path(work) / "adapter"                          # nothing beside the collection
+            self.index.backend.close()  # the store is released while training: other processes keep searching
+            summary = train_query_adapter(
+                self.base, vectors, labels, [p.query for p in train_q], dev_texts, np.array([row_of[c] for c in wanted]),
+                export_dir, self.deadline - max(20.0, 0.1 * (self.deadline - time.monotonic())),
+                seed=self.o["seed"], batch_size=self.o["batch_size"], lr=self.o["lr"],
+                max_length=self.o["max_length"], steps=self.o["steps"], base_may_win=not self.o["keep_if_worse"],
+                progress=self.say)
+            self.report.summary, self.report.stopped_by_time = summary, bool(summary["stopped_by_time"])
+            self.report.steps, self.report.train_seconds = int(summary["steps"]), float(summary["wall_time_s"])
+            adapted = self.judge(export_dir, dev_texts, wanted, base_rr)
+            if self.report.kept:
+                self.save(export_dir, adapted, previous, stats)
+        self.report.seconds = round(time.monotonic() - self.t0, 1)
+        return self.report
 
-    # 2. the stored vectors (fixed: only the query side trains) and the teacher's graded candidates
-    try:  # a dependency of lganna-rag: checked before the teacher's work, not after it
-        import peft  # noqa: F401
-    except ImportError as exc:
-        raise AdaptError(f"adapt trains a LoRA adapter, which needs {exc.name or exc}: pip install peft") from None
-    say(AdaptProgress("teacher", message="reading the stored document vectors"))
-    ids, vectors = stored_vectors(index)
-    row_of = {pid: r for r, pid in enumerate(ids)}
-    text_of = {pid: text for pid, text, _ in chunks}
-    texts = [text_of.get(pid, "") for pid in ids]
-    labels = teacher_labels(index, base_encoder, texts, vectors, row_of, train_q, reranker=reranker,
-                            teacher_model=teacher_model, k=candidates, progress=say)
-    previous = (meta.get("adapter") or {}).get("dir")
-    _clean(root, keep=previous)
-    work = root / f".work-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
-    try:
-        # 3. LoRA on the query encoder (the store is released meanwhile: other processes keep searching)
-        index.backend.close()
-        export_dir = work / "adapter"
-        summary = train_query_adapter(
-            base, vectors, labels, [p.query for p in train_q], [p.query for p in dev_q],
-            np.array([row_of[p.chunk_id] for p in dev_q]), export_dir,
-            deadline - max(20.0, 0.1 * (deadline - time.monotonic())),  # the rest: the check through the store
-            seed=seed, batch_size=batch_size,
-            lr=lr, max_length=max_length, steps=steps, base_may_win=not keep_if_worse, progress=say)
-        report.summary, report.stopped_by_time = summary, bool(summary["stopped_by_time"])
-        report.steps, report.train_seconds = int(summary["steps"]), float(summary["wall_time_s"])
+    def pseudo_queries(self) -> tuple[list[tuple[str, str, dict[str, Any]]], list[PseudoQuery], list[PseudoQuery],
+                                      dict[str, Any]]:
+        """The chunks, the training and dev pseudo-queries and the counts of what was made and dropped."""
+        o, say, kinds = self.o, self.say, self.o["kinds"]
+        say(AdaptProgress("queries", message="reading chunks"))
+        chunks = [(pid, p["text"], p) for pid, p in self.index.backend.scroll(True) if isinstance(p.get("text"), str)]
+        if "question" in kinds:
+            say(AdaptProgress("questions", 0, min(o["questions"], len(chunks)), message=f"writing questions for "
+                              f"{min(o['questions'], len(chunks))} sampled chunks with SmolLM2-135M-Instruct"))
+        queries, stats = make_pseudo_queries(chunks, kinds, o["seed"], questions=o["questions"],
+                                             progress=lambda done, total: say(AdaptProgress("questions", done, total)))
+        self.report.kinds = stats
+        self.report.questions = {p.chunk_id: p.query for p in queries if p.kind == "question"}
+        if "question" in kinds and self.deadline - time.monotonic() < 60:
+            raise AdaptError(f"writing {stats['questions_sampled']} questions used the "
+                             f"{(self.deadline - self.t0) / 60:.1f}-minute budget; give more --minutes or fewer "
+                             f"--questions")
+        train_q, dev_q = split_dev(queries, seed=o["seed"])
+        if len(train_q) < 2 * o["batch_size"] or len(dev_q) < 5:
+            raise AdaptError(_too_few_message(self.index.collection, len(queries), len(chunks), 2 * o["batch_size"] + 5,
+                                              kinds, stats))
+        random.Random(o["seed"]).shuffle(train_q)
+        if len(train_q) > o["max_queries"]:  # one query per chunk first, so the teacher's pool covers most chunks
+            seen: set[str] = set()
+            first = [p for p in train_q if not (p.chunk_id in seen or seen.add(p.chunk_id))]
+            rest = [p for p in train_q if p not in set(first)]
+            train_q = (first + rest)[:o["max_queries"]]
+        self.report.train_queries, self.report.dev_queries = len(train_q), len(dev_q)
+        say(AdaptProgress("queries", message=f"{len(train_q)} training and {len(dev_q)} dev pseudo-queries "
+                                            f"({', '.join(f'{k} {stats[k]}' for k in kinds)}; dropped "
+                                            f"{stats['near_copy']} near-copies, {stats['duplicate']} duplicates)"))
+        return chunks, train_q, dev_q, stats
 
-        # 4. keep it if it beats the base on the dev split (as served: through the store), saved crash-safely
-        say(AdaptProgress("evaluate", message="held-out pseudo-queries with the adapter"))
-        adapted = load_query_encoder(base, export_dir)
-        index.check_model(adapted)
-        report.dev_mrr_adapted = mrr_at_10(dense_ranking(index, adapted, [p.query for p in dev_q]), wanted)
-        # an adapter whose best state is its start (the base) was not trained usefully: not kept (with keep_if_worse
-        # the best trained state is exported, whatever the base scored)
-        report.kept = summary["best_step"] > 0 and (keep_if_worse or report.dev_mrr_adapted > report.dev_mrr_base)
-        if report.kept:
-            say(AdaptProgress("save", message="saving the adapter with the collection"))
-            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            _keep_files(export_dir)
-            tmp = root / f".tmp-{name}"
-            os.replace(export_dir, tmp)
-            _fsync_tree(tmp)
-            os.replace(tmp, root / name)
-            record = {"dir": name, "base_model": base, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "side": "query", "kinds": list(kinds), "train_queries": report.train_queries,
-                      **({"questions": stats.get("question", 0)} if "question" in kinds else {}),
-                      "dev_queries": report.dev_queries, "dev_mrr10_base": report.dev_mrr_base,
-                      "dev_mrr10_adapted": report.dev_mrr_adapted, "steps": report.steps,
-                      "best_step": summary["best_step"], "teacher": summary["teacher"], "lr": lr,
-                      "batch_size": batch_size, "max_length": max_length}
-            report.replaced = previous
-            index.set_adapter(record, adapted)  # the commit point: one atomic metadata write
-            report.adapter = str(root / name)
-            _clean(root, keep=name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report.seconds = round(time.monotonic() - t0, 1)
-    return report
+    def judge(self, export_dir: Path, dev_texts: list[str], wanted: list[str],
+              base_rr: np.ndarray) -> "LGAnnaEncoder | None":
+        """Decide whether the trained adapter is kept; returns its query encoder (``None``: nothing trained)."""
+        r = self.report
+        if r.steps == 0:
+            r.reason = (f"the time ran out before training began (the {(self.deadline - self.t0) / 60:g}-minute "
+                        f"budget went to the pseudo-queries and the teacher); give more --minutes")
+            return None
+        self.say(AdaptProgress("evaluate", message=f"held-out pseudo-queries with the adapter ({r.mode} search)"))
+        adapted = load_query_encoder(self.base, export_dir, precision=self.index.encoder.precision)
+        self.index.check_model(adapted)
+        rr = _reciprocal_ranks(ranking(self.index, adapted, dev_texts, r.mode), wanted)
+        r.dev_mrr_adapted = round(100 * float(np.mean(rr)), 2)
+        r.gain_lower = round(100 * bootstrap_lower(rr - base_rr, seed=self.o["seed"]), 2)
+        trained = r.summary["best_step"] > 0  # the best state is the base: nothing useful was trained
+        if self.o["keep_if_worse"]:
+            r.kept, r.reason = trained, "kept as asked (keep_if_worse), whatever it scored"
+        elif not trained:
+            r.reason = "no trained state beat the base model on the held-out pseudo-queries (dense, during training)"
+        else:
+            r.kept = r.gain_lower > 0
+            r.reason = (f"{'it' if r.kept else 'it did not'} clearly beat the base model on "
+                        f"{r.mode} search: MRR@10 {r.dev_mrr_base:.2f} -> {r.dev_mrr_adapted:.2f}, 95% lower bound of the "
+                        f"gain {r.gain_lower:+.2f} over {r.dev_queries} held-out pseudo-queries")
+        return adapted
+
+    def save(self, export_dir: Path, adapted: "LGAnnaEncoder", previous: str | None, stats: dict[str, Any]) -> None:
+        """Move the adapter beside the collection and make it current with one atomic metadata write."""
+        r, o = self.report, self.o
+        self.say(AdaptProgress("save", message="saving the adapter with the collection"))
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        _keep_files(export_dir)
+        tmp = self.root / f".tmp-{name}"
+        shutil.copytree(export_dir, tmp)
+        _fsync_tree(tmp)
+        os.replace(tmp, self.root / name)
+        record = {"dir": name, "base_model": self.base, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "side": "query", "kinds": list(o["kinds"]), "train_queries": r.train_queries,
+                  **({"questions": stats.get("question", 0)} if "question" in o["kinds"] else {}),
+                  "dev_queries": r.dev_queries, "mode": r.mode, "dev_mrr10_base": r.dev_mrr_base,
+                  "dev_mrr10_adapted": r.dev_mrr_adapted, "gain_lower": r.gain_lower, "steps": r.steps,
+                  "best_step": r.summary["best_step"], "teacher": r.summary["teacher"], "lr": o["lr"],
+                  "batch_size": o["batch_size"], "max_length": o["max_length"]}
+        r.replaced = previous
+        self.index.set_adapter(record, adapted)  # the commit point: one atomic metadata write
+        r.adapter = str(self.root / name)
+        _clean(self.root, keep=name)
+
+
+def _reciprocal_ranks(rankings: list[list[str]], wanted: list[str]) -> np.ndarray:
+    """Per query: 1 / (rank + 1) of its chunk in its top 10, else 0."""
+    return np.array([reciprocal_rank(rank_in(r, w), 10) for r, w in zip(rankings, wanted)], dtype=np.float64)
 
 
 def stored_vectors(index: "Index") -> tuple[list[str], np.ndarray]:
@@ -577,105 +625,133 @@ def train_query_adapter(base: str, vectors: np.ndarray, labels: TeacherLabels, q
     best state (step 0 = the base, unless not ``base_may_win``) is exported to ``export_dir``. Returns a summary
     (steps, best step, the dev curve).
     """
-    import dataclasses
-
-    import torch
-    import torch.nn.functional as F
-    from peft import LoraConfig, get_peft_model
-
-    from .encoder import LGAnnaEncoder
-
     say = progress or (lambda p: None)
-    t0 = time.monotonic()
-    torch.manual_seed(seed)
-    encoder = LGAnnaEncoder.from_pretrained(base, precision="fp32")
-    kind = encoder.model.config.model_type
-    encoder.model = get_peft_model(encoder.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1,
-                                                             target_modules=lora_targets(kind)))
-    model, dev = encoder.model, encoder.device
-    docs = torch.from_numpy(vectors).to(dev)
-    n, total = len(queries), docs.shape[0]
-    steps = steps or max(10, min(3000, math.ceil(4 * n / batch_size)))  # four passes, unless time runs out
-    every = eval_every or max(10, min(100, steps // 10))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, steps, warmup, t0, deadline, time.monotonic()))
-
-    def dev_mrr() -> float:
-        model.eval()
-        ranked = []
-        with torch.no_grad():
-            for i in range(0, len(dev_queries), 32):
-                q = encoder.embed(encoder.query_batch(dev_queries[i:i + 32], max_length=max_length))
-                ranked += torch.topk(q @ docs.T, min(10, total), dim=1).indices.tolist()
-        model.train()
-        return mrr_at_10(ranked, dev_rows.tolist())
-
-    def snapshot() -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-
-    curve = [(0, dev_mrr())]
-    best, best_step, best_state = (curve[0][1] if base_may_win else -1.0), 0, snapshot()
-
-    def evaluate(done: int) -> None:
-        """Rank the dev split after ``done`` steps; keep the state if it is the best so far."""
-        nonlocal best, best_step, best_state
-        curve.append((done, dev_mrr()))
-        if curve[-1][1] > best:
-            best, best_step, best_state = curve[-1][1], done, snapshot()
-
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    pos_all, cand_all = torch.from_numpy(labels.positive), torch.from_numpy(labels.candidates)
-    teach_all, amb_all = torch.from_numpy(labels.scores), torch.from_numpy(labels.ambiguous)
-    stopped, step, loss_value = False, 0, None
-    model.train()
-    while step < steps:
+    t = _QueryTrainer(base, vectors, labels, queries, dev_queries, dev_rows, seed=seed, batch_size=batch_size,
+                      lr=lr, max_length=max_length, steps=steps, temperature=temperature, deadline=deadline,
+                      base_may_win=base_may_win)
+    every = eval_every or max(10, min(100, t.steps // 10))
+    stopped, step, loss = False, 0, None
+    while step < t.steps:
         if time.monotonic() >= deadline:
             stopped = True
             break
-        at = (step * batch_size) % n
-        if at + batch_size > n:  # a new pass: reshuffle
-            order = rng.permutation(n)
-            at = 0
-        idx = torch.from_numpy(order[at:at + batch_size])
-        q = encoder.embed(encoder.query_batch([queries[i] for i in idx.tolist()], max_length=max_length))
-        pos, cand, amb = pos_all[idx].to(dev), cand_all[idx].to(dev), amb_all[idx].to(dev)
+        loss = t.step(step)
+        step += 1
+        if step % every == 0 or step == t.steps:
+            t.evaluate(step)
+        say(AdaptProgress("train", step, t.steps, loss, max(0.0, deadline - time.monotonic())))
+    if stopped and t.curve[-1][0] != step and step > 0:
+        t.evaluate(step)
+    t.export(export_dir)
+    total = len(vectors)
+    summary = {"steps": step, "planned_steps": t.steps, "best_step": t.best_step, "dev_mrr10_curve": t.curve,
+               "stopped_by_time": stopped, "teacher": labels.name, "wall_time_s": round(time.monotonic() - t.t0, 1),
+               "negatives": "collection" if total <= MAX_NEGATIVES else f"sample of {MAX_NEGATIVES}",
+               "ambiguous_per_query": round(float(labels.ambiguous.sum(1).mean()), 2), "last_loss": loss}
+    dataclasses.replace(t.encoder.config, base_model=base, provenance={"adapt": summary}).save(export_dir)
+    return summary
+
+
+class _QueryTrainer:
+    """The state of :func:`train_query_adapter`: the LoRA-wrapped query encoder, its optimiser and the best state."""
+
+    def __init__(self, base: str, vectors: np.ndarray, labels: TeacherLabels, queries: Sequence[str],
+                 dev_queries: Sequence[str], dev_rows: np.ndarray, *, seed: int, batch_size: int, lr: float,
+                 max_length: int, steps: int | None, temperature: float, deadline: float, base_may_win: bool) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from .encoder import LGAnnaEncoder
+
+        self.t0 = time.monotonic()
+        torch.manual_seed(seed)
+        self.encoder = LGAnnaEncoder.from_pretrained(base, precision="fp32")
+        with warnings.catch_warnings():  # transformers' deprecation notices about PEFT's calls: not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            self.encoder.model = get_peft_model(self.encoder.model, LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.1, target_modules=lora_targets(self.encoder.model.config.model_type)))
+        self.model, dev = self.encoder.model, self.encoder.device
+        self.docs = torch.from_numpy(vectors).to(dev)
+        self.queries, self.dev_queries, self.dev_rows = queries, dev_queries, dev_rows
+        self.batch_size, self.max_length, self.temperature = batch_size, max_length, temperature
+        n = len(queries)
+        self.steps = steps or max(10, min(3000, math.ceil(4 * n / batch_size)))  # four passes, unless time runs out
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        warmup = max(1, self.steps // 20)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.steps, warmup, self.t0, deadline, time.monotonic()))
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(n)
+        self.pos, self.cand = torch.from_numpy(labels.positive), torch.from_numpy(labels.candidates)
+        self.teach, self.amb = torch.from_numpy(labels.scores), torch.from_numpy(labels.ambiguous)
+        self.curve = [(0, self.dev_mrr())]
+        self.best, self.best_step = (self.curve[0][1] if base_may_win else -1.0), 0
+        self.best_state = self.snapshot()
+        self.model.train()
+
+    def dev_mrr(self) -> float:
+        """MRR@10 (x100) of the dev queries over the stored vectors, in memory."""
+        import torch
+
+        self.model.eval()
+        ranked = []
+        with torch.no_grad():
+            for i in range(0, len(self.dev_queries), 32):
+                q = self.encoder.embed(self.encoder.query_batch(self.dev_queries[i:i + 32], max_length=self.max_length))
+                ranked += torch.topk(q @ self.docs.T, min(10, self.docs.shape[0]), dim=1).indices.tolist()
+        self.model.train()
+        return mrr_at_10(ranked, self.dev_rows.tolist())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the trainable (LoRA) weights."""
+        return {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+
+    def evaluate(self, done: int) -> None:
+        """Rank the dev split after ``done`` steps; keep the state if it is the best so far."""
+        self.curve.append((done, self.dev_mrr()))
+        if self.curve[-1][1] > self.best:
+            self.best, self.best_step, self.best_state = self.curve[-1][1], done, self.snapshot()
+
+    def step(self, step: int) -> float:
+        """One optimiser step on the next batch of pseudo-queries; returns its loss."""
+        import torch
+        import torch.nn.functional as F
+
+        n, total, dev = len(self.queries), self.docs.shape[0], self.encoder.device
+        at = (step * self.batch_size) % n
+        if at + self.batch_size > n:  # a new pass: reshuffle
+            self.order, at = self.rng.permutation(n), 0
+        idx = torch.from_numpy(self.order[at:at + self.batch_size])
+        q = self.encoder.embed(self.encoder.query_batch([self.queries[i] for i in idx.tolist()],
+                                                        max_length=self.max_length))
+        pos, cand, amb = self.pos[idx].to(dev), self.cand[idx].to(dev), self.amb[idx].to(dev)
         if total > MAX_NEGATIVES:  # a sample of the collection, always with the batch's candidates
             rows = torch.unique(torch.cat([torch.randperm(total, device=dev)[:MAX_NEGATIVES], cand.flatten()]))
-            logits = q @ docs[rows].T / temperature
+            logits = q @ self.docs[rows].T / self.temperature
             target, amb_cols = torch.searchsorted(rows, pos), torch.searchsorted(rows, cand)
         else:
-            logits, target, amb_cols = q @ docs.T / temperature, pos, cand
+            logits, target, amb_cols = q @ self.docs.T / self.temperature, pos, cand
         logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, amb_cols, amb), float("-inf"))
-        student = torch.einsum("bd,bkd->bk", q, docs[cand])
+        student = torch.einsum("bd,bkd->bk", q, self.docs[cand])
         loss = F.cross_entropy(logits, target) + soft_label_kl(
-            student, teacher_distribution(teach_all[idx].to(dev), temperature), temperature)
+            student, teacher_distribution(self.teach[idx].to(dev), self.temperature), self.temperature)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = float(loss.detach())
-        if step % every == 0 or step == steps:
-            evaluate(step)
-        say(AdaptProgress("train", step, steps, loss_value, max(0.0, deadline - time.monotonic())))
-    if stopped and curve[-1][0] != step and step > 0:
-        evaluate(step)
-    with torch.no_grad():
-        for k, v in model.named_parameters():
-            if k in best_state:
-                v.copy_(best_state[k])
-    model.save_pretrained(str(export_dir), safe_serialization=True)
-    summary = {"steps": step, "planned_steps": steps, "best_step": best_step, "dev_mrr10_curve": curve,
-               "stopped_by_time": stopped, "teacher": labels.name, "wall_time_s": round(time.monotonic() - t0, 1),
-               "negatives": "collection" if total <= MAX_NEGATIVES else f"sample of {MAX_NEGATIVES}",
-               "ambiguous_per_query": round(float(labels.ambiguous.sum(1).mean()), 2), "last_loss": loss_value}
-    dataclasses.replace(encoder.config, base_model=base, provenance={"adapt": summary}).save(export_dir)
-    return summary
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def export(self, export_dir: Path) -> None:
+        """Save the best state's adapter (safetensors) to ``export_dir``."""
+        import torch
+
+        with torch.no_grad():
+            for k, v in self.model.named_parameters():
+                if k in self.best_state:
+                    v.copy_(self.best_state[k])
+        self.model.save_pretrained(str(export_dir), safe_serialization=True)
 
 
 _KEEP = ("adapter_model.safetensors", "adapter_config.json", "lganna.json")

@@ -35,10 +35,17 @@ class CollectionNotFoundError(IndexStoreError):
 
 
 def model_metadata(encoder: "LGAnnaEncoder") -> dict[str, Any]:
-    """What a collection records about the model that made its vectors."""
+    """What a collection records about the model that made its vectors (and the CPU precision it ran at)."""
     c = encoder.config
     return {"name": encoder.name, "dimension": encoder.dimension, "pooling": c.pooling, "normalize": c.normalize,
-            "prompt_template": c.prompt_template, "prompt_version": c.prompt_version}
+            "prompt_template": c.prompt_template, "prompt_version": c.prompt_version,
+            "precision": getattr(encoder, "precision", "fp32")}
+
+
+def recorded_precision(meta: dict[str, Any] | None) -> str | None:
+    """The precision a collection's document vectors were made at (collections from before it was recorded: fp32),
+    ``None`` for a collection not created yet."""
+    return meta["model"].get("precision", "fp32") if meta else None
 
 
 def _describe_model(m: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 #: Bump when the rebuilt directory's contents change, so older cached copies are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 _MODULE = re.compile(r"^/(encoder/layer\.\d+/(?:attention/self/(?:query|key|value)|attention/output/dense|"
                      r"intermediate/dense|output/dense))/MatMul_quant$")
 
@@ -97,6 +97,26 @@ def bert_state_dict(onnx_path: str | os.PathLike) -> tuple[dict[str, np.ndarray]
     return state, sizes
 
 
+def _sentence_transformers_files(folder: Path, dim: int, max_length: int, lganna: dict[str, Any]) -> None:
+    """The module files that make ``folder`` a sentence-transformers model too (CLS pooling, normalised, the query
+    instruction as the ``query`` prompt), so ``SentenceTransformer(folder)`` gives the same vectors."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    pooling = {"word_embedding_dimension": dim, "pooling_mode_cls_token": lganna["pooling"] == "cls",
+               "pooling_mode_mean_tokens": lganna["pooling"] == "mean", "pooling_mode_max_tokens": False,
+               "pooling_mode_lasttoken": lganna["pooling"] == "last", "include_prompt": True}
+    query = (lganna.get("task_instructions") or {}).get("retrieval", "")
+    files = {"modules.json": modules, "1_Pooling/config.json": pooling,
+             "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
+             "config_sentence_transformers.json": {"prompts": {"query": query, "document": ""},
+                                                   "default_prompt_name": None}}
+    (folder / "2_Normalize").mkdir()
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
 def build_bert_dir(onnx_path: str | os.PathLike, tokenizer_json: str | os.PathLike, out: Path, *,
                    num_attention_heads: int, onnx_sha256: str, lganna: dict[str, Any]) -> Path:
     """Write ``out``: ``model.safetensors`` (the rebuilt fp32 ``BertModel``), ``config.json``, the tokenizer
@@ -132,6 +152,7 @@ def build_bert_dir(onnx_path: str | os.PathLike, tokenizer_json: str | os.PathLi
                                 model_max_length=sizes["max_position_embeddings"])
         tok.save_pretrained(folder)
         (folder / "lganna.json").write_text(json.dumps(lganna, indent=2) + "\n", encoding="utf-8")
+        _sentence_transformers_files(folder, sizes["hidden_size"], sizes["max_position_embeddings"], lganna)
         (folder / "fingerprint.json").write_text(json.dumps(
             {"onnx_sha256": onnx_sha256, "recipe": RECIPE_VERSION}, indent=2) + "\n", encoding="utf-8")
         try:

@@ -21,7 +21,8 @@ import numpy as np
 
 from .bm25 import SparseEncoder
 from .collection import (DEFAULT_COLLECTION, FORMAT_VERSION, WRITE_BATCH, Collection, CollectionNotFoundError,
-                         ModelMismatchError, check, explain_short_result, model_metadata, payload_keys, rebuild)
+                         ModelMismatchError, check, explain_short_result, model_metadata, payload_keys, rebuild,
+                         recorded_precision)
 from .filters import check_where
 from .stores import DEFAULT_PATH, DEFAULT_WAIT, QUANTIZATIONS, ClientBackend, EdgeBackend, IndexStoreError, Store, Where
 from .sync import (DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, STATE_FIELDS, ChunkWriter, FolderSync, IndexProgress,
@@ -38,6 +39,9 @@ __all__ = ["Index", "Hit", "IndexReport", "IndexProgress", "SparseEncoder", "Mod
 #: How many candidates each side contributes to a hybrid (RRF) search, at least.
 MIN_PREFETCH = 100
 MODES = ("dense", "sparse", "hybrid")
+#: Extra hits asked of the engine so that equal scores (common in RRF) are ordered by id, not by the engine's
+#: internal order (which changes when the shard is reopened).
+_TIE_EXTRA = 10
 #: A dense hit scoring outside [-1, 1] by more than this is a damaged vector, never a cosine to show.
 _COSINE_SLACK = 1e-3
 
@@ -73,7 +77,8 @@ class Index:
 
     ``model`` is a registered name, directory or hub id (``None``: the model the collection was built with,
     else the default model); ``encoder`` reuses a loaded :class:`LGAnnaEncoder`; ``precision`` and ``threads``
-    are passed to :meth:`LGAnnaEncoder.from_pretrained` when the model is loaded here. ``url``/``api_key`` (or
+    are passed to :meth:`LGAnnaEncoder.from_pretrained` when the model is loaded here (``precision=None``: the
+    precision the collection's vectors were made at, else the CPU default). ``url``/``api_key`` (or
     ``client``) select a Qdrant server instead of the local store at ``path``; a local store shared with other
     processes is waited for up to ``wait`` seconds. ``recreate=True`` deletes the collection first.
     """
@@ -135,7 +140,8 @@ class Index:
         from .encoder import LGAnnaEncoder
 
         t0 = time.perf_counter()
-        encoder = LGAnnaEncoder.from_pretrained(name, precision=self.precision, threads=self.threads, **options)
+        precision = self.precision if self.precision is not None else recorded_precision(self.record.meta)
+        encoder = LGAnnaEncoder.from_pretrained(name, precision=precision, threads=self.threads, **options)
         self.load_seconds += time.perf_counter() - t0
         return encoder
 
@@ -278,7 +284,8 @@ class Index:
                 raise ValueError("give a query vector, a query text, or both")
             self.record.checked_count(exact=False)  # a store that lost points is an error, not "no results"
             unit = bool(meta["model"].get("normalize", True)) if vector is not None else None
-            raw = self.backend.search(vector, sparse, k, where, max(MIN_PREFETCH, 2 * k), unit=unit)
+            raw = self.backend.search(vector, sparse, k + _TIE_EXTRA, where, max(MIN_PREFETCH, 2 * k), unit=unit)
+            raw = sorted(raw, key=lambda hit: (-round(hit[1], 9), hit[0]))[:k]  # ties in one order, every time
             if len(raw) < k:
                 explain_short_result(self.record, raw, k, where, dense=vector is not None)
         if any("text" not in p for _, _, p in raw):

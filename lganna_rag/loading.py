@@ -22,8 +22,12 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 #: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``bf16``: the weights in bfloat16 on the CPU (AMX
 #: where present); ``int8-onnx``: ONNX Runtime int8 (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``:
 #: PyTorch dynamic quantization (:func:`quantize_int8`); ``int8``: ``int8-onnx`` for an encoder when onnxruntime is
-#: installed, else ``int8-torch``; ``auto``: see :func:`concrete_precision`.
+#: installed, else ``int8-torch``; ``auto``: ``int8-onnx`` for an encoder on a CPU with integer dot-product
+#: instructions (:data:`INT8_FEATURES`), else fp32 (see :func:`int8_backend`).
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
+#: CPU features under which ``auto`` runs encoders in int8 through ONNX Runtime: the integer dot-product instructions
+#: its int8 kernels are built on. The choice and the quality rule it passed are in README (Speed).
+INT8_FEATURES = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 #: Precision on CPU when none is given. Callers that need exact fp32 vectors (training teachers, the quality
 #: benchmarks, parity checks) ask for ``fp32`` explicitly; the measurements behind the choice are in README.
 CPU_DEFAULT_PRECISION = "fp32"
@@ -68,17 +72,30 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     return precision
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
 def int8_backend(precision: str, *, is_decoder: bool) -> str:
     """The concrete precision: ``int8`` becomes ``int8-onnx`` (an encoder, onnxruntime installed) or ``int8-torch``;
-    ``auto`` becomes ``int8-onnx`` or ``fp32``.
+    ``auto`` becomes ``int8-onnx`` (an encoder, onnxruntime installed, a CPU with :data:`INT8_FEATURES`) or
+    ``fp32``.
 
     ``int8-onnx`` asked for explicitly raises ``ImportError`` (with the install command) when onnxruntime is
     missing and ``ValueError`` for a decoder; other values are returned unchanged.
     """
     from .onnx_int8 import onnx_available, require_onnx
 
-    if precision in ("int8", "auto"):
-        return "int8-onnx" if not is_decoder and onnx_available() else ("int8-torch" if precision == "int8" else "fp32")
+    if precision == "auto":
+        return "int8-onnx" if not is_decoder and onnx_available() and INT8_FEATURES & cpu_flags() else "fp32"
+    if precision == "int8":
+        return "int8-onnx" if not is_decoder and onnx_available() else "int8-torch"
     if precision == "int8-onnx":
         if is_decoder:
             raise ValueError("precision 'int8-onnx' supports encoder models only; use 'int8-torch' for a decoder")

@@ -112,3 +112,14 @@ def mean_average_precision(run: dict[str, dict[str, float]], qrels: dict[str, di
             ranked = trec_order(run.get(qid, {}))[:k]
             aps.append(average_precision([rels.get(doc, 0) > 0 for doc in ranked], n_relevant))
     return float(np.mean(aps)) if aps else 0.0
+
+
+def bootstrap_lower(differences: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> float:
+    """One-sided lower confidence bound of the mean of paired per-query ``differences`` (a seeded bootstrap): above
+    zero, the gain is more than its sampling noise."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size == 0:
+        return 0.0
+    rows = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
+    return float(np.quantile(d[rows].mean(axis=1), 1.0 - confidence))

@@ -109,46 +109,51 @@ def _sample_batch(pad_id: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def export_int8(model: torch.nn.Module, out: Path, *, pad_id: int) -> Path:
-    """Export ``model`` (a Hugging Face encoder, fp32, CPU) to ONNX, check it against torch, quantize to ``out``.
-
-    Written atomically: a temporary folder next to ``out`` is filled and ``model-int8.onnx`` renamed into place.
-    """
+def export_fp32(model: torch.nn.Module, path: Path, *, pad_id: int) -> Path:
+    """Export ``model`` (a Hugging Face encoder, fp32, CPU) to an ONNX file at ``path`` (``input_ids``,
+    ``attention_mask`` -> ``last_hidden_state``), checked against torch on a padded batch."""
     import copy
 
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     vocab = int(getattr(model.config, "vocab_size", 30000))
     ids, mask = _sample_batch(pad_id, vocab)
     eager = copy.deepcopy(model).float().eval()
     if hasattr(eager, "set_attn_implementation"):
         eager.set_attn_implementation("eager")  # ONNX Runtime fuses this graph into Attention (see module docstring)
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        try:
+            torch.onnx.export(
+                _HiddenStates(eager), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+            )
+        except Exception as exc:
+            raise RuntimeError(f"could not export {type(model).__name__} to ONNX ({type(exc).__name__}: {exc}); "
+                               f"use precision 'int8-torch'") from exc
+        want = _HiddenStates(model.eval())(ids, mask).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    valid = mask.numpy().astype(bool)
+    error = float(np.abs(got[valid] - want[valid]).max())
+    if error > 1e-3:  # a wrong export (e.g. a traced shortcut) must never be cached silently
+        raise RuntimeError(f"the ONNX export of {type(model).__name__} differs from torch by {error:.2e}")
+    return path
+
+
+def export_int8(model: torch.nn.Module, out: Path, *, pad_id: int) -> Path:
+    """Export ``model`` to ONNX (:func:`export_fp32`), quantize its weights to ``out`` (:data:`QUANT_SETTINGS`).
+
+    Written atomically: a temporary folder next to ``out`` is filled and ``model-int8.onnx`` renamed into place.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         fp32_path, int8_path = Path(tmp) / "model-fp32.onnx", Path(tmp) / "model-int8.onnx"
-        axes = {0: "batch", 1: "sequence"}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            try:
-                torch.onnx.export(
-                    _HiddenStates(eager), (ids, mask), str(fp32_path), input_names=["input_ids", "attention_mask"],
-                    output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                    dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
-                )
-            except Exception as exc:
-                raise RuntimeError(
-                    f"could not export {type(model).__name__} to ONNX ({type(exc).__name__}: {exc}); "
-                    f"use precision 'int8-torch'"
-                ) from exc
-            want = _HiddenStates(model.eval())(ids, mask).numpy()
-        session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        valid = mask.numpy().astype(bool)
-        error = float(np.abs(got[valid] - want[valid]).max())
-        if error > 1e-3:  # a wrong export (e.g. a traced shortcut) must never be cached silently
-            raise RuntimeError(f"the ONNX export of {type(model).__name__} differs from torch by {error:.2e}")
-        del session
+        export_fp32(model, fp32_path, pad_id=pad_id)
         quiet = _QuietQuantizer()
         logging.getLogger().addFilter(quiet)  # the quantizer logs a generic pre-processing hint on the root logger
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .bm25 import SparseEncoder
-from .collection import FORMAT_VERSION, WRITE_BATCH, Collection, bad_vectors, model_metadata, probe
+from .collection import FORMAT_VERSION, WRITE_BATCH, Collection, bad_vectors, model_metadata, probe, recorded_precision
 from .ingest import (ID_NAMESPACE, Chunk, Chunker, FileRef, LoadedFile, Skip, StreamedFile, chunk_id, content_hash,
                      discover, file_identity, load_file, path_from_safe_name, safe_name)
 from .stores import IndexStoreError
@@ -146,6 +146,12 @@ class ChunkWriter:
         encoding runs without holding the store; the upsert holds it briefly."""
         t0 = time.perf_counter()
         if dense is None:
+            recorded, running = recorded_precision(self.collection.meta), self.encoder().precision
+            if recorded is not None and running != recorded:
+                raise IndexStoreError(
+                    f"collection {self.collection.name!r} holds document vectors made at precision {recorded}; this "
+                    f"encoder runs at {running}: index it with --precision {recorded} (precision={recorded!r}). One "
+                    f"collection keeps one precision for its documents; queries may use another (cosine >= 0.99)")
             parts = []
             for start in range(0, len(texts), self.batch_size):
                 if should_stop is not None and parts and should_stop():

@@ -6,8 +6,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Exact fp32 vectors in the suite (parity with sentence-transformers, equality after reload); the CPU default
-# (auto: int8 through ONNX Runtime) is tested explicitly in test_onnx_int8.py.
+# Exact fp32 vectors in the suite's command-line runs (the CLI reads LGANNA_PRECISION; the library reads no
+# environment); the CPU default and `auto` are tested explicitly in test_onnx_int8.py and test_fast.py.
 os.environ["LGANNA_PRECISION"] = "fp32"
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -73,3 +73,12 @@ def test_average_precision_and_map_hand_computed():
     assert mean_average_precision(run, qrels) == pytest.approx((ap1 + ap2 + 0) / 3)
     assert mean_average_precision(run, qrels, k=2) == pytest.approx((1 / 4 + 1 / 2 + 0) / 3)  # q1 keeps a, b
     assert mean_average_precision(run, {}) == 0.0
+
+
+def test_bootstrap_lower_bound_separates_a_clear_gain_from_noise():
+    from lganna_rag.metrics import bootstrap_lower
+
+    clear = [0.1] * 40 + [0.0] * 10  # every query gains or ties
+    noise = [0.5, -0.5] * 25  # as many losses as gains
+    assert bootstrap_lower(clear) > 0 and bootstrap_lower(noise) < 0
+    assert bootstrap_lower([]) == 0.0 and bootstrap_lower([0.2] * 5) == pytest.approx(0.2)

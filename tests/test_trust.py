@@ -317,3 +317,20 @@ def test_a_nul_byte_late_in_a_file_makes_it_binary(tmp_path):
     path.write_bytes(b"plain text " * 1000 + b"\x00 and more")
     result = load_file(FileRef(path, tmp_path, "late.txt"))
     assert isinstance(result, Skip) and result.reason == "binary file"
+
+
+def test_hybrid_ties_come_in_one_order_whenever_the_shard_was_opened(mistral, tmp_path):
+    """RRF gives equal scores to chunks ranked (i, j) and (j, i): the engine returned them in an order that changed
+    when the shard was reopened, so the same search could rank differently; ties are now ordered by id."""
+    docs = write_corpus(tmp_path / "docs", n_files=8, words=300)
+    with Index(tmp_path / "store", encoder=mistral) as index:
+        index.add_files([docs], chunk_size=24, overlap=2)
+        queries = ["trapia subsul conmar", "exdor prosul subgen", "inquo inton travek", "redor provek prodor"]
+        vectors = mistral.encode_queries(queries)
+        first = [[(h.id, h.score) for h in index.search_by_vector(v, 10, text=q)] for q, v in zip(queries, vectors)]
+        for _ in range(3):
+            index.backend.close()  # reopened by the next search
+            again = [[(h.id, h.score) for h in index.search_by_vector(v, 10, text=q)] for q, v in zip(queries, vectors)]
+            assert again == first
+        for hits in first:
+            assert all((-a[1], a[0]) <= (-b[1], b[0]) for a, b in zip(hits, hits[1:]))  # ties by id
