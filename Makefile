@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-dev
 LIGHT   = $(VENV)/.installed-light
 
-.PHONY: install install-light test demo clean
+.PHONY: install install-light test demo clean bench-peers
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,17 @@ demo: $(LIGHT)
 	$(DEMO) search "how hot should the water be for green tea?" -k 2
 	$(DEMO) search "my pods keep restarting when the database is down" -k 2
 
+# The peers of `lganna-rag bench engines` in their own virtualenv: sentence-transformers' ONNX backend needs optimum,
+# which pins another transformers than lganna-rag's.
+PEERS = .venv-peers
+
+bench-peers: $(PEERS)/bin/python
+
+$(PEERS)/bin/python:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEERS)/bin/python -m pip install --quiet "sentence-transformers[onnx]==5.7.0" "fastembed==0.9.1"
+
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(PEERS) .pytest_cache *.egg-info

@@ -69,7 +69,7 @@ def run_task(task: str, model: str, minutes: float, workdir: Path, seed: int,
     titles = [{"title": data.corpus[i].get("title") or ""} for i in ids]
     t0 = time.perf_counter()
     collection = task.lower().replace(":", "-")
-    index = Index(workdir / "store", collection=collection, model=model, recreate=True)
+    index = Index(workdir / "store", collection=collection, model=model, recreate=True, precision="fp32")
     index.add_texts(texts, metadatas=titles, ids=ids)
     index_s = time.perf_counter() - t0
     before = evaluate(index, data.queries, data.qrels, task)
@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
                 entry["compare_default_kinds"] = {"base": reference["base"], "adapted_query_side":
                                                   reference["adapted_query_side"], "adapt_wall_s": reference["adapt_wall_s"],
                                                   "steps": reference["adapt"]["steps"]}
+            previous = results["tasks"].get(key)
+            if previous and "mode" not in (previous.get("adapt") or {}):  # measured under the dense-only keep rule
+                entry["old_keep_rule"] = {"adapted_query_side": previous["adapted_query_side"],
+                                          "kept": previous["adapt"]["kept"], "base": previous["base"]}
+            elif previous and "old_keep_rule" in previous:
+                entry["old_keep_rule"] = previous["old_keep_rule"]
             results["tasks"][key] = entry
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -117,6 +117,32 @@ def int8_cmd(model: str, n: int, rounds: int, tasks: str | None, out_dir: Path) 
     click.echo(f"wrote {out_dir / 'int8.json'} and int8.md")
 
 
+@bench.command("engines")
+@click.option("--models", default="minilm,bge-small", show_default=True)
+@click.option("--threads", "thread_counts", default="1,2", show_default=True, help="Thread counts to measure at.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating timing rounds (each engine's best counts).")
+@click.option("--n", "n", default=128, show_default=True, help="Texts per set (queries, 128- and 256-token passages).")
+@click.option("--peers-python", default=None, help="Python of the peers' virtualenv (default: ./.venv-peers; make "
+                                                   "bench-peers creates it).")
+@click.option("--no-quality", is_flag=True, help="Speed only (no cosine/STSB/SciFact per engine).")
+@click.option("--index-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also time `lganna-rag index` of this folder at fp32 and at auto.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
+def engines_cmd(models: str, thread_counts: str, rounds: int, n: int, peers_python: str | None, no_quality: bool,
+                index_folder: Path | None, out_dir: Path) -> None:
+    """lganna-rag's CPU precisions side by side with sentence-transformers (PyTorch, ONNX, ONNX qint8) and fastembed,
+    one process per engine, same model files and texts; engines.json/.md."""
+    from .engines import PEERS_PYTHON, run
+
+    peers = peers_python or str(PEERS_PYTHON)
+    if not Path(peers).is_file():
+        click.echo(f"no peers' virtualenv at {peers} (make bench-peers): lganna-rag's engines only", err=True)
+        peers = None
+    run(_split(models) or [], [int(t) for t in thread_counts.split(",")], rounds, n, peers, not no_quality, out_dir,
+        index_folder)
+    click.echo(f"wrote {out_dir / 'engines.json'} and engines.md")
+
+
 @bench.command("report")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 def report_cmd(out_dir: Path) -> None:

@@ -37,6 +37,8 @@ LGANNA_ENGINES = ("lganna:fp32", "lganna:bf16", "lganna:int8-onnx")
 PEER_ENGINES = ("st", "st-onnx", "st-onnx-qint8", "fastembed")
 SETS = ("queries", "passages-128", "passages-256")
 WORKER = Path(__file__).resolve().parent / "engine_worker.py"
+#: The peers' virtualenv that ``make bench-peers`` creates beside the repository's own.
+PEERS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
 
 
 def _cut(tokenizer: Any, texts: list[str], tokens: int) -> list[str]:
@@ -175,8 +177,9 @@ def quality(engines: list[Engine], encoder: Any, work: Path, passages: str) -> d
 
 
 def run(models: list[str], threads: list[int], rounds: int, n: int, peers_python: str | None,
-        with_quality: bool, out_dir: Path) -> dict[str, Any]:
-    """Measure every engine for every model and thread count; write ``engines.json`` and ``engines.md``."""
+        with_quality: bool, out_dir: Path, index_folder: Path | None = None) -> dict[str, Any]:
+    """Measure every engine for every model and thread count (and, with ``index_folder``, ``lganna-rag index`` of
+    that folder at fp32 and at ``auto``); write ``engines.json`` and ``engines.md``."""
     result: dict[str, Any] = {"versions": _versions(), "machine": _machine(), "n": n, "rounds": rounds,
                               "peers_python": peers_python, "models": {}}
     for model in models:
@@ -200,6 +203,8 @@ def run(models: list[str], threads: list[int], rounds: int, n: int, peers_python
                 finally:
                     for e in engines:
                         e.close()
+            if index_folder is not None:
+                entry["index"] = index_throughput(index_folder, model, ["fp32", "auto"], work)
             result["models"][model] = entry
             print(json.dumps({model: entry["ratio_to_fp32"]}), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +222,27 @@ def _start(model: str, files: dict[str, Any], peers_python: str | None, peers: t
         engines.append(Engine(e, arg, peers_python, pooling=files["pooling"], threads=threads, max_length=512,
                               work=work))
     return engines
+
+
+def index_throughput(folder: Path, model: str, precisions: list[str], work: Path) -> dict[str, Any]:
+    """End to end: ``lganna-rag index FOLDER`` into a fresh store at each precision (one process each, in turn):
+    chunks/s without the model's loading time, as the command reports it."""
+    out: dict[str, Any] = {"folder": str(folder)}
+    for p in precisions:
+        store = work / f"index-{p}"
+        run_ = subprocess.run([sys.executable, "-m", "lganna_rag.cli", "index", str(folder), "--path", str(store),
+                               "--model", model, "--precision", p, "--json", "--quiet"], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=7200)
+        if run_.returncode != 0:
+            raise RuntimeError(f"index at {p} failed: {run_.stderr[-1000:]}")
+        report = json.loads(run_.stdout)
+        out[p] = {k: report[k] for k in ("files_indexed", "chunks_written", "seconds", "load_seconds",
+                                          "chunks_per_second")}
+        shutil.rmtree(store, ignore_errors=True)
+    base = out[precisions[0]]["chunks_per_second"]
+    for p in precisions:
+        out[p]["ratio_to_fp32"] = round(out[p]["chunks_per_second"] / base, 2)
+    return out
 
 
 def _machine() -> dict[str, Any]:
@@ -245,6 +271,14 @@ def report(result: dict[str, Any]) -> str:
                 ratio = entry["ratio_to_fp32"][t][engine]
                 lines.append(f"| {engine} | " + " | ".join(f"{by_set[s]:.1f} ({ratio[s]:.2f}x)" for s in SETS) + " |")
             lines.append("")
+        if "index" in entry:
+            x = entry["index"]
+            lines += [f"## {model}: `lganna-rag index {x['folder']}`", "", "| precision | files | chunks | chunks/s | ratio |",
+                      "|---|---:|---:|---:|---:|"]
+            for p in ("fp32", "auto"):
+                lines.append(f"| {p} | {x[p]['files_indexed']} | {x[p]['chunks_written']} | {x[p]['chunks_per_second']:.1f} "
+                             f"| {x[p]['ratio_to_fp32']:.2f}x |")
+            lines.append("")
         if "quality" in entry:
             lines += [f"## {model}: quality", "", "| engine | min / mean cosine to fp32 | STSB test | SciFact nDCG@10 |",
                       "|---|---:|---:|---:|"]
@@ -261,9 +295,11 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--peers-python", default=str(Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"),
+    ap.add_argument("--peers-python", default=str(PEERS_PYTHON),
                     help="Python of the peers' virtualenv (make bench-peers); missing: lganna-rag's engines only")
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--index-folder", type=Path, default=None,
+                    help="also time `lganna-rag index` of this folder at fp32 and at auto")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -272,7 +308,7 @@ def main() -> None:
         print(f"no peers' virtualenv at {args.peers_python}: measuring lganna-rag's engines only", file=sys.stderr)
     t0 = time.time()
     run([m for m in args.models.split(",") if m], [int(t) for t in args.threads.split(",")], args.rounds, args.n,
-        peers, not args.no_quality, args.out)
+        peers, not args.no_quality, args.out, args.index_folder)
     print(f"wrote {args.out / 'engines.json'} and engines.md in {time.time() - t0:.0f} s")
 
 

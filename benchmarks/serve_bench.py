@@ -184,6 +184,39 @@ def overload_phase(url: str, texts: list[str], *, clients: int, per_request: int
             "retry_after_s": sorted(set(retry_after)), "other_errors": sum(v for k, v in statuses.items() if k not in (200, 429))}
 
 
+def head_of_line_phase(url: str, big_texts: list[str], queries: list[str]) -> dict[str, Any]:
+    """One large /v1/embeddings request, and single queries sent every 0.25 s while it runs: how long a small
+    request waits behind a large one (the server splits large requests and alternates them with small ones)."""
+    import threading
+
+    import httpx
+
+    done: dict[str, float] = {}
+
+    def big() -> None:
+        t = time.perf_counter()
+        httpx.post(url + "/v1/embeddings", json={"input": big_texts}, timeout=600).raise_for_status()
+        done["seconds"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(0.5)
+    small: list[float] = []
+    with httpx.Client(timeout=600) as http:
+        for q in queries:
+            if "seconds" in done:
+                break
+            t = time.perf_counter()
+            http.post(url + "/v1/embeddings", json={"input": q, "input_type": "query"}).raise_for_status()
+            small.append(time.perf_counter() - t)
+            time.sleep(0.25)
+    thread.join()
+    ms = np.array(small) * 1000 if small else np.zeros(1)
+    return {"big_texts": len(big_texts), "big_chars": sum(map(len, big_texts)), "big_seconds": round(done["seconds"], 2),
+            "small_requests_during": len(small), "small_p50_ms": round(float(np.median(ms)), 1),
+            "small_max_ms": round(float(ms.max()), 1)}
+
+
 def cold_search(args: list[str], runs: int, threads: int) -> dict[str, Any]:
     """Wall time of a whole ``lganna-rag search`` process (import, model load or HTTP, query, print)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
@@ -252,6 +285,10 @@ def run_serve_bench(model: str = "minilm", *, n: int = 400, clients: int = 8, pe
             sequential = load_phase(server.url, texts, reference, clients=1, per_request=per_request, max_seconds=max_seconds)
             loaded = load_phase(server.url, texts, reference, clients=clients, per_request=per_request, max_seconds=max_seconds)
             big = load_phase(server.url, texts, reference, clients=2, per_request=64, max_seconds=max_seconds)
+            long_texts = [" ".join(texts[i % len(texts)] for i in range(j, j + 40))[:10_000] for j in range(400)]
+            hol = head_of_line_phase(server.url, long_texts, queries * 10)
+            progress(f"a {hol['big_chars'] / 1e6:.1f} MB request took {hol['big_seconds']} s; {hol['small_requests_during']} "
+                     f"single queries meanwhile answered in p50 {hol['small_p50_ms']} ms, max {hol['small_max_ms']} ms")
             health = server.health()
             memory = _rss_mb(server.proc.pid)
         finally:
@@ -284,6 +321,7 @@ def run_serve_bench(model: str = "minilm", *, n: int = 400, clients: int = 8, pe
         "single_query_latency": {"server_embeddings": single_server, "server_search_hybrid_k5": search_server,
                                  "in_process_encode_queries": single_in_process},
         "load": {"one_client": sequential, "concurrent": loaded, "two_clients_64_texts": big},
+        "small_during_large": hol,
         "server_batching": health["stats"], "server_memory": memory,
         "cold_search": {"without_server": cold_local, "with_server": cold_remote},
         "overload": overload,
@@ -318,6 +356,11 @@ def render_markdown(r: dict[str, Any]) -> str:
     for label, key in (("in-process `encode_queries`", "in_process_encode_queries"), ("server /v1/embeddings", "server_embeddings"),
                        ("server /v1/search (hybrid, k=5)", "server_search_hybrid_k5")):
         lines.append(f"| {label} | {lat[key]['p50_ms']} | {lat[key]['p99_ms']} |")
+    h = r.get("small_during_large")
+    if h:
+        lines += ["", f"Small during large: one request of {h['big_texts']} texts ({h['big_chars'] / 1e6:.1f} MB) took "
+                  f"{h['big_seconds']} s; {h['small_requests_during']} single queries sent meanwhile (one every 0.25 s) "
+                  f"were answered in p50 {h['small_p50_ms']} ms, at most {h['small_max_ms']} ms."]
     c = r["cold_search"]
     o = r["overload"]
     lines += ["", f"Cold `lganna-rag search` (a whole process, median): {c['without_server']['median_s']:.2f} s loading the "

@@ -184,6 +184,7 @@ def test_searches_keep_answering_while_a_served_collection_is_indexed(mistral_di
     report = json.loads(indexed.stdout)
     assert report["files_indexed"] == 13 and report["files_pruned"] == 1
     assert server.returncode == 0, err
+    assert "queries with the base model (no adapter)" in err  # the start line says which adapter search uses
     assert results and all(code == 200 for _, code, _ in results), [r for r in results if r[1] != 200][:3]
     seconds = results[-1][0] - results[0][0]
     assert len(results) / seconds > 1.0  # a steady rate, not stalled for the whole index run
