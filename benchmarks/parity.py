@@ -4,8 +4,10 @@ Both encode the same real sentences (STSBenchmark test) in one process, alternat
 noise hits both; the result is a ratio, never an absolute timing.
 
     lganna-rag bench parity --n 1000 --repeats 3       # or: python -m lganna_rag.benchmarks.parity
+    python -m lganna_rag.benchmarks.parity --model bge-small   # bge-small's fp32 copy vs its int8 ONNX graph
 
-Both write ``benchmarks/results/parity.json`` (the whole file, from this one run).
+Both write ``benchmarks/results/parity.json`` (the whole file, from this one run); ``--model bge-small`` writes
+``parity-bge-small.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lganna_rag.data import data_dir, read_jsonl
@@ -76,6 +77,31 @@ def run(n: int = 1000, repeats: int = 3, batch_size: int = 32) -> dict:
     }
 
 
+def run_bge(n: int = 1000, batch_size: int = 32) -> dict:
+    """bge-small's float32 copy (rebuilt from the int8 graph) against the int8 ONNX graph it was rebuilt from:
+    cosine on ``n`` real sentences, and both models' STSBenchmark test Spearman (published fp32: 85.86)."""
+    from scipy.stats import spearmanr
+
+    from lganna_rag import LGAnnaEncoder
+
+    from .quality import _versions
+
+    sentences = real_sentences(n)
+    fp32 = LGAnnaEncoder.from_pretrained("bge-small", device="cpu", precision="fp32")
+    graph = LGAnnaEncoder.from_pretrained("bge-small", device="cpu", precision="int8-onnx")
+    cos = (fp32.encode(sentences, batch_size=batch_size) * graph.encode(sentences, batch_size=batch_size)).sum(axis=1)
+    rows = list(read_jsonl(data_dir() / "STSBenchmark" / "test.jsonl"))
+    gold = [float(r["score"]) for r in rows]
+    stsb = {}
+    for name, enc in (("fp32_copy", fp32), ("onnx_int8_graph", graph)):
+        a = enc.encode([r["sentence1"] for r in rows], batch_size=batch_size)
+        b = enc.encode([r["sentence2"] for r in rows], batch_size=batch_size)
+        stsb[name] = round(100 * float(spearmanr((a * b).sum(axis=1), gold).statistic), 2)
+    return {"sentences": len(sentences), "cosine_min": round(float(cos.min()), 4),
+            "cosine_mean": round(float(cos.mean()), 4), "stsb_test_spearman": stsb, "stsb_published_fp32": 85.86,
+            "machine": platform.processor() or platform.machine(), "versions": _versions()}
+
+
 def write(result: dict, out: Path = DEFAULT_OUT) -> Path:
     """Write ``result`` as the whole of ``out`` (JSON); returns the path."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +115,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="default: results/parity.json (parity-bge-small.json)")
+    parser.add_argument("--model", choices=["minilm", "bge-small"], default="minilm",
+                        help="minilm: against SentenceTransformer; bge-small: the float32 copy against its int8 graph")
     args = parser.parse_args()
-    result = run(args.n, args.repeats, args.batch_size)
+    if args.model == "bge-small":
+        result = run_bge(args.n, args.batch_size)
+        out = args.out or DEFAULT_OUT.with_name("parity-bge-small.json")
+    else:
+        result, out = run(args.n, args.repeats, args.batch_size), args.out or DEFAULT_OUT
     print(json.dumps(result, indent=2))
-    write(result, args.out)
+    write(result, out)
 
 
 if __name__ == "__main__":

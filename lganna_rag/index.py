@@ -221,7 +221,7 @@ class Index:
         Takes the store's writer lock (:class:`~lganna_rag.stores.StoreInUseError` while another run writes);
         searches from other processes go on meanwhile. ``FileNotFoundError`` for a path that does not exist.
         """
-        started = time.perf_counter()
+        started, loaded_before = time.perf_counter(), self.load_seconds
         self.backend.lock()
         try:
             with self.backend.session(open_shard=False):
@@ -232,7 +232,7 @@ class Index:
             if self.record.exists and self.record.meta.get("chunking") is None:
                 self.writer.ensure([], chunking)
             sync = FolderSync(self.writer, chunking=chunking, progress=progress, should_stop=should_stop,
-                              load_seconds=lambda: self.load_seconds)
+                              load_seconds=lambda: self.load_seconds, loaded_before=loaded_before)
             return sync.run(paths, include, exclude, max_file_mb, prune, started)
         finally:
             self.backend.unlock()

@@ -249,7 +249,7 @@ class StoreLock:
         if kind == "write":
             return StoreInUseError(
                 f"the store {self.root / self.collection} is in use by another process: {who} is writing it (an "
-                f"index, adapt, delete or repair run); wait for it to finish and run the command again")
+                f"index, adapt or repair run); wait for it to finish and run the command again")
         return StoreInUseError(
             f"the store {self.root / self.collection} is in use by another process: {who} did not hand it over "
             f"within {waited or 0:g} s; run the command again when it is done, or search{server or ' through a server'}"

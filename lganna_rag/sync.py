@@ -196,12 +196,12 @@ class FolderSync:
 
     def __init__(self, writer: ChunkWriter, *, chunking: dict[str, int],
                  progress: Callable[[IndexProgress], None] | None, should_stop: Callable[[], bool] | None,
-                 load_seconds: Callable[[], float]) -> None:
-        """``load_seconds()`` is the model loading time so far (left out of the rates)."""
+                 load_seconds: Callable[[], float], loaded_before: float) -> None:
+        """``load_seconds()`` is the model loading time so far, ``loaded_before`` its value when the run began (the
+        difference is left out of the rates)."""
         self.writer, self.collection, self.store = writer, writer.collection, writer.collection.store
         self.chunking, self.progress_cb, self.should_stop = chunking, progress, should_stop
-        self.load_seconds = load_seconds
-        self.loaded_before = load_seconds()
+        self.load_seconds, self.loaded_before = load_seconds, loaded_before
         self.report = IndexReport()
         self.batch: list[tuple[str, str, dict[str, Any], str]] = []  # chunks waiting: (id, text, payload, file)
         self.pending: dict[str, dict[str, Any]] = {}  # per file: what remains once its chunks are written

