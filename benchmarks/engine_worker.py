@@ -8,7 +8,10 @@ line on stdin, one JSON answer per line on stdout:
 - ``{"cmd": "embed", "texts": PATH, "out": PATH.npy}``: embed them and save the vectors (float32, L2-normalised);
 - ``{"cmd": "quit"}``.
 
-Engines (``--engine``): ``lganna:PRECISION`` (lganna-rag's encoder), ``st`` (sentence-transformers, PyTorch fp32),
+Engines (``--engine``): ``lganna:PRECISION`` (lganna-rag's encoder), ``variant:NAME`` (the runtimes lganna-rag could use
+instead, built here from its fp32 ONNX export: ``ort-int8-opt`` ONNX Runtime's transformer optimizer then dynamic int8,
+``ort-int8-static`` the optimizer then static int8 calibrated on training texts, ``openvino-fp32``, ``openvino-bf16``),
+``st`` (sentence-transformers, PyTorch fp32),
 ``st-onnx`` (its ONNX Runtime backend), ``st-onnx-qint8`` (its dynamically quantized ONNX export), ``fastembed``
 (fastembed's TextEmbedding from a local folder, registered as a custom model).
 """
@@ -36,6 +39,72 @@ def _lganna(model: str, precision: str, threads: int, max_length: int) -> Callab
     from lganna_rag import LGAnnaEncoder
 
     enc = LGAnnaEncoder.from_pretrained(model, precision=precision, threads=threads, device="cpu")
+    return lambda texts, batch: enc.encode(texts, batch_size=batch, max_length=max_length, show_progress_bar=False)
+
+
+def _calibration_texts(n: int = 96) -> list[str]:
+    """Training-side texts (never evaluation texts) to calibrate static int8 activations on."""
+    root = Path(os.environ.get("LGANNA_DATA", "../shared/data")) / "train"
+    texts: list[str] = []
+    for name in ("squad_du.jsonl", "medquad.jsonl", "agnews.jsonl"):
+        with open(root / name, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if i >= n // 6:
+                    break
+                row = json.loads(line)
+                texts += [row["query"], row["positive"]]
+    return texts
+
+
+def _variant(model: str, kind: str, threads: int, max_length: int, work: Path) -> Callable[[list[str], int], np.ndarray]:
+    """lganna-rag's encoder with its transformer replaced by another runtime's build of the same weights."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from lganna_rag import LGAnnaEncoder
+    from lganna_rag.onnx_int8 import OnnxInt8Transformer, export_fp32
+
+    enc = LGAnnaEncoder.from_pretrained(model, precision="fp32", threads=threads, device="cpu")
+    config = enc.model.config
+    fp32 = export_fp32(enc.model, work / "fp32.onnx", pad_id=enc.pad_token_id)
+    if kind.startswith("openvino"):
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(fp32), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16" if kind.endswith("bf16") else "f32",
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+
+        class OpenVino(torch.nn.Module):
+            def forward(self, input_ids: Any, attention_mask: Any, **_: Any) -> Any:
+                out = compiled({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+                return BaseModelOutput(last_hidden_state=torch.from_numpy(np.asarray(out[0])))
+
+        module = OpenVino()
+        module.config = config
+        enc.model = module
+    else:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.transformers import optimizer
+
+        opt = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
+                                       hidden_size=config.hidden_size)
+        opt.save_model_to_file(str(work / "opt.onnx"))
+        out = work / "int8.onnx"
+        if kind == "ort-int8-opt":
+            quantize_dynamic(work / "opt.onnx", out, weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": 1})
+        else:
+            ids = enc.tokenize(_calibration_texts(), 128)[0]
+            feeds = [{k: v.numpy() for k, v in enc.collate(ids[i:i + 16]).items()} for i in range(0, len(ids), 16)]
+
+            class Reader(CalibrationDataReader):
+                def get_next(self) -> dict[str, Any] | None:
+                    return feeds.pop() if feeds else None
+
+            quantize_static(work / "opt.onnx", out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options={"DefaultTensorType": 1})
+        enc.model = OnnxInt8Transformer(out, config, threads=threads)
     return lambda texts, batch: enc.encode(texts, batch_size=batch, max_length=max_length, show_progress_bar=False)
 
 
@@ -103,6 +172,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.engine.startswith("lganna:"):
         embed = _lganna(args.model, args.engine.split(":", 1)[1], args.threads, args.max_length)
+    elif args.engine.startswith("variant:"):
+        embed = _variant(args.model, args.engine.split(":", 1)[1], args.threads, args.max_length, work)
     elif args.engine.startswith("st"):
         embed = _st(args.model, {"st": "torch", "st-onnx": "onnx", "st-onnx-qint8": "onnx-qint8"}[args.engine],
                     args.threads, args.max_length, work)

@@ -1,5 +1,6 @@
-"""Side by side on the CPU: lganna-rag's precisions against sentence-transformers (PyTorch, its ONNX backend and its
-dynamically quantized ONNX export) and fastembed, on the same model files and the same texts.
+"""Side by side on the CPU: lganna-rag's precisions (and the other runtimes it could use: ONNX Runtime's transformer
+optimizer with dynamic or static int8, OpenVINO fp32 and bf16) against sentence-transformers (PyTorch, its ONNX
+backend and its dynamically quantized ONNX export) and fastembed, on the same model files and the same texts.
 
 Each engine runs in its own process (:mod:`lganna_rag.benchmarks.engine_worker`; the peers from another
 virtualenv, ``--peers-python``: sentence-transformers' ONNX backend needs optimum, whose transformers pin differs from
@@ -34,6 +35,8 @@ from lganna_rag.metrics import ndcg_at_k
 from .quality import RESULTS_DIR, _versions
 
 LGANNA_ENGINES = ("lganna:fp32", "lganna:bf16", "lganna:int8-onnx")
+#: Other runtimes for lganna-rag's encoders, built in the worker from the same fp32 export (measured, not shipped).
+VARIANT_ENGINES = ("variant:ort-int8-opt", "variant:ort-int8-static", "variant:openvino-fp32", "variant:openvino-bf16")
 PEER_ENGINES = ("st", "st-onnx", "st-onnx-qint8", "fastembed")
 SETS = ("queries", "passages-128", "passages-256")
 WORKER = Path(__file__).resolve().parent / "engine_worker.py"
@@ -215,8 +218,12 @@ def run(models: list[str], threads: list[int], rounds: int, n: int, peers_python
 
 def _start(model: str, files: dict[str, Any], peers_python: str | None, peers: tuple[str, ...], threads: int,
            work: Path) -> list[Engine]:
+    import importlib.util
+
+    ours = [*LGANNA_ENGINES, *(v for v in VARIANT_ENGINES
+                               if not v.startswith("variant:openvino") or importlib.util.find_spec("openvino"))]
     engines = [Engine(e, model, sys.executable, pooling=files["pooling"], threads=threads, max_length=512, work=work)
-               for e in LGANNA_ENGINES]
+               for e in ours]
     for e in peers:
         arg = files["fastembed"] if e == "fastembed" else files["st"]
         engines.append(Engine(e, arg, peers_python, pooling=files["pooling"], threads=threads, max_length=512,
