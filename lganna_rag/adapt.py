@@ -15,8 +15,8 @@
 
    Pseudo-queries that are near-copies of their chunk (they cover most of its words), shorter than three
    words, or found in more than one chunk (boilerplate) are dropped. The queries of a random 20% of the
-   chunks (:data:`DEV_FRACTION`, at most :data:`DEV_MAX`) are held out as the dev split that decides whether the
-   adapter is kept.
+   chunks (:data:`DEV_FRACTION`, at most :data:`DEV_MAX`) are held out, in two halves by chunk: one picks the best
+   training step, the other (never seen by training or by that choice) decides whether the adapter is kept.
 2. **Teacher** (:func:`teacher_labels`): candidates from the collection's two searches (dense top 20 over its
    stored vectors, BM25 top 20 over its sparse vectors: the halves of its hybrid search), graded by the
    engine's stage 2 (:func:`lganna_rag.objectives.make_reranker`: 0.7 x dense cosine + 0.3 x BM25 /
@@ -81,10 +81,10 @@ MODES = ("hybrid", "dense")
 DEFAULT_KINDS = ("ict", "heading", "crop")
 #: Default cap on the chunks that get a generated question (``question`` kind).
 QUESTIONS = 200
-#: Most pseudo-queries held out as the dev split (it decides whether the adapter is kept: larger is surer).
-DEV_MAX = 400
+#: Most pseudo-queries held out (half pick the best step, half decide whether the adapter is kept: larger is surer).
+DEV_MAX = 600
 #: Share of the chunks whose pseudo-queries are held out.
-DEV_FRACTION = 0.2
+DEV_FRACTION = 0.3
 #: The longest ``crop`` pseudo-query (words), and the largest share of its chunk's words it may take.
 CROP_MAX = 16
 CROP_SHARE = 0.4
@@ -243,6 +243,15 @@ def split_dev(queries: Sequence[PseudoQuery], fraction: float = DEV_FRACTION, ma
     return [p for p in queries if p.chunk_id not in held], [p for p in queries if p.chunk_id in held]
 
 
+def split_queries(queries: Sequence[PseudoQuery], seed: int = 0
+                  ) -> tuple[list[PseudoQuery], list[PseudoQuery], list[PseudoQuery]]:
+    """(train, choice, judge): the held-out queries (:func:`split_dev`) halved by chunk, one half to pick the best
+    training step, the other to decide whether the adapter is kept."""
+    train, held = split_dev(queries, seed=seed)
+    choice, judge = split_dev(held, fraction=0.5, max_dev=len(held), seed=seed + 1)
+    return train, choice, judge
+
+
 def mrr_at_10(ranked: Sequence[Sequence[str]], wanted: Sequence[str]) -> float:
     """Mean reciprocal rank (x100) of ``wanted[i]`` in ``ranked[i]`` (0 when not in the first 10)."""
     return round(100 * mrr_at_k(ranked, wanted, 10), 2)
@@ -253,7 +262,8 @@ def mrr_at_10(ranked: Sequence[Sequence[str]], wanted: Sequence[str]) -> float:
 class AdaptReport:
     """What an adapt run did. ``dev_mrr_*``: MRR@10 (x100) of the held-out pseudo-queries over the whole collection,
     ranked through the store in the search ``mode`` the decision was made for; ``gain_lower``: the one-sided 95%
-    bootstrap lower bound of the adapter's per-query gain (x100); ``reason``: why it was kept or not."""
+    bootstrap lower bound of the adapter's per-query gain (x100); ``dev_queries`` judge the adapter, while
+    ``choice_queries`` (other chunks') picked its best training step; ``reason``: why it was kept or not."""
 
     collection: str
     model: str
@@ -261,6 +271,7 @@ class AdaptReport:
     kinds: dict[str, int] = field(default_factory=dict)
     train_queries: int = 0
     dev_queries: int = 0
+    choice_queries: int = 0
     steps: int = 0
     dev_mrr_base: float = 0.0
     dev_mrr_adapted: float = 0.0
@@ -416,7 +427,7 @@ class _Run:
 
     def run(self) -> AdaptReport:
         """Pseudo-queries, the base's dev score, the teacher, training, the keep decision, saving."""
-        chunks, train_q, dev_q, stats = self.pseudo_queries()
+        chunks, train_q, choice_q, dev_q = self.pseudo_queries()
         wanted = [p.chunk_id for p in dev_q]
         dev_texts = [p.query for p in dev_q]
         base_rr = _reciprocal_ranks(ranking(self.index, self.index.encoder, dev_texts, self.report.mode), wanted)
@@ -433,7 +444,8 @@ class _Run:
             export_dir = Path(work) / "adapter"                          # nothing beside the collection
             self.index.backend.close()  # the store is released while training: other processes keep searching
             summary = train_query_adapter(
-                self.base, vectors, labels, [p.query for p in train_q], dev_texts, np.array([row_of[c] for c in wanted]),
+                self.base, vectors, labels, [p.query for p in train_q], [p.query for p in choice_q],
+                np.array([row_of[p.chunk_id] for p in choice_q]),
                 export_dir, self.deadline - max(20.0, 0.1 * (self.deadline - time.monotonic())),
                 seed=self.o["seed"], batch_size=self.o["batch_size"], lr=self.o["lr"],
                 max_length=self.o["max_length"], steps=self.o["steps"], base_may_win=not self.o["keep_if_worse"],
@@ -442,13 +454,13 @@ class _Run:
             self.report.steps, self.report.train_seconds = int(summary["steps"]), float(summary["wall_time_s"])
             adapted = self.judge(export_dir, dev_texts, wanted, base_rr)
             if self.report.kept:
-                self.save(export_dir, adapted, previous, stats)
+                self.save(export_dir, adapted, previous)
         self.report.seconds = round(time.monotonic() - self.t0, 1)
         return self.report
 
     def pseudo_queries(self) -> tuple[list[tuple[str, str, dict[str, Any]]], list[PseudoQuery], list[PseudoQuery],
-                                      dict[str, Any]]:
-        """The chunks, the training and dev pseudo-queries and the counts of what was made and dropped."""
+                                      list[PseudoQuery]]:
+        """The chunks and the training, step-choice and judging pseudo-queries (each chunk's in one of them)."""
         o, say, kinds = self.o, self.say, self.o["kinds"]
         say(AdaptProgress("queries", message="reading chunks"))
         chunks = [(pid, p["text"], p) for pid, p in self.index.backend.scroll(True) if isinstance(p.get("text"), str)]
@@ -463,10 +475,10 @@ class _Run:
             raise AdaptError(f"writing {stats['questions_sampled']} questions used the "
                              f"{(self.deadline - self.t0) / 60:.1f}-minute budget; give more --minutes or fewer "
                              f"--questions")
-        train_q, dev_q = split_dev(queries, seed=o["seed"])
-        if len(train_q) < 2 * o["batch_size"] or len(dev_q) < 5:
-            raise AdaptError(_too_few_message(self.index.collection, len(queries), len(chunks), 2 * o["batch_size"] + 5,
-                                              kinds, stats))
+        train_q, choice_q, dev_q = split_queries(queries, seed=o["seed"])
+        if len(train_q) < 2 * o["batch_size"] or min(len(choice_q), len(dev_q)) < 5:
+            raise AdaptError(_too_few_message(self.index.collection, len(queries), len(chunks),
+                                              2 * o["batch_size"] + 10, kinds, stats))
         random.Random(o["seed"]).shuffle(train_q)
         if len(train_q) > o["max_queries"]:  # one query per chunk first, so the teacher's pool covers most chunks
             seen: set[str] = set()
@@ -474,10 +486,12 @@ class _Run:
             rest = [p for p in train_q if p not in set(first)]
             train_q = (first + rest)[:o["max_queries"]]
         self.report.train_queries, self.report.dev_queries = len(train_q), len(dev_q)
-        say(AdaptProgress("queries", message=f"{len(train_q)} training and {len(dev_q)} dev pseudo-queries "
+        self.report.choice_queries = len(choice_q)
+        say(AdaptProgress("queries", message=f"{len(train_q)} training, {len(choice_q)} step-choice and {len(dev_q)} "
+                                            f"judging pseudo-queries "
                                             f"({', '.join(f'{k} {stats[k]}' for k in kinds)}; dropped "
                                             f"{stats['near_copy']} near-copies, {stats['duplicate']} duplicates)"))
-        return chunks, train_q, dev_q, stats
+        return chunks, train_q, choice_q, dev_q
 
     def judge(self, export_dir: Path, dev_texts: list[str], wanted: list[str],
               base_rr: np.ndarray) -> "LGAnnaEncoder | None":
@@ -497,15 +511,17 @@ class _Run:
         if self.o["keep_if_worse"]:
             r.kept, r.reason = trained, "kept as asked (keep_if_worse), whatever it scored"
         elif not trained:
-            r.reason = "no trained state beat the base model on the held-out pseudo-queries (dense, during training)"
+            r.reason = ("no trained state beat the base model on the step-choice pseudo-queries (dense, during "
+                        "training)")
         else:
             r.kept = r.gain_lower > 0
             r.reason = (f"{'it' if r.kept else 'it did not'} clearly beat the base model on "
                         f"{r.mode} search: MRR@10 {r.dev_mrr_base:.2f} -> {r.dev_mrr_adapted:.2f}, 95% lower bound of the "
-                        f"gain {r.gain_lower:+.2f} over {r.dev_queries} held-out pseudo-queries")
+                        f"gain {r.gain_lower:+.2f} over {r.dev_queries} held-out pseudo-queries that neither trained "
+                        f"it nor picked its step")
         return adapted
 
-    def save(self, export_dir: Path, adapted: "LGAnnaEncoder", previous: str | None, stats: dict[str, Any]) -> None:
+    def save(self, export_dir: Path, adapted: "LGAnnaEncoder", previous: str | None) -> None:
         """Move the adapter beside the collection and make it current with one atomic metadata write."""
         r, o = self.report, self.o
         self.say(AdaptProgress("save", message="saving the adapter with the collection"))
@@ -517,8 +533,8 @@ class _Run:
         os.replace(tmp, self.root / name)
         record = {"dir": name, "base_model": self.base, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "side": "query", "kinds": list(o["kinds"]), "train_queries": r.train_queries,
-                  **({"questions": stats.get("question", 0)} if "question" in o["kinds"] else {}),
-                  "dev_queries": r.dev_queries, "mode": r.mode, "dev_mrr10_base": r.dev_mrr_base,
+                  **({"questions": r.kinds.get("question", 0)} if "question" in o["kinds"] else {}),
+                  "dev_queries": r.dev_queries, "choice_queries": r.choice_queries, "mode": r.mode, "dev_mrr10_base": r.dev_mrr_base,
                   "dev_mrr10_adapted": r.dev_mrr_adapted, "gain_lower": r.gain_lower, "steps": r.steps,
                   "best_step": r.summary["best_step"], "teacher": r.summary["teacher"], "lr": o["lr"],
                   "batch_size": o["batch_size"], "max_length": o["max_length"]}

@@ -888,8 +888,8 @@ def adapt_cmd(store_path: Path | None, url: str | None, api_key: str | None, col
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    click.echo(f"{report.dev_queries} held-out pseudo-queries ({report.train_queries} for training, {report.steps} "
-               f"steps, {report.seconds / 60:.1f} min)")
+    click.echo(f"{report.dev_queries} held-out pseudo-queries judged it ({report.train_queries} trained it, "
+               f"{report.choice_queries} picked its step; {report.steps} steps, {report.seconds / 60:.1f} min)")
     verdict = (f"kept: {report.reason}; searches of {collection!r} now embed queries with the adapter "
                f"({report.adapter})" if report.kept else f"not kept: {report.reason}; the collection is unchanged")
     click.echo(verdict + (f"; replaced {report.replaced}" if report.kept and report.replaced else ""))

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lganna_rag.metrics import bootstrap_lower
+
 from lganna_rag.adapt import (AdaptError, PseudoQuery, adapt_index, headings, is_near_copy, make_pseudo_queries, mrr_at_10,
-                              sentences, split_dev, undo)
+                              sentences, split_dev, split_queries, undo)
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -192,8 +194,9 @@ def test_adapt_reports_the_base_heldout_mrr_it_measured_on_hybrid_search(store: 
 
     r = store["report"]
     assert r.dev_queries >= 10 and r.train_queries >= 50 and r.steps == STEPS and r.mode == "hybrid"
-    _, dev = split_dev(make_pseudo_queries(store["chunks"], seed=0)[0], seed=0)
-    assert len(dev) == r.dev_queries
+    _, choice, dev = split_queries(make_pseudo_queries(store["chunks"], seed=0)[0], seed=0)
+    assert len(dev) == r.dev_queries and len(choice) == r.choice_queries
+    assert not {p.chunk_id for p in choice} & {p.chunk_id for p in dev}  # the step's choosers never judge it
     with _open(store) as index:
         hybrid = ranking(index, store["base"], [p.query for p in dev], "hybrid")
         dense = dense_ranking(index, store["base"], [p.query for p in dev])
@@ -230,19 +233,25 @@ def test_adapt_is_never_worse_by_more_than_noise_and_better_where_it_keeps(tmp_p
         assert r.summary["best_step"] > 0 and r.steps == 100 and r.reason, r.to_dict()
         assert r.kept == (r.gain_lower > 0) and (index.adapter is not None) == r.kept
         chunks = [(pid, p["text"], p) for pid, p in index.backend.scroll(True)]
-        train, dev = split_dev(make_pseudo_queries(chunks, seed=0)[0], seed=0)
-        held, seen = {p.chunk_id for p in dev}, {p.query for p in train + dev}
+        train, choice, dev = split_queries(make_pseudo_queries(chunks, seed=0)[0], seed=0)
+        held, seen = {p.chunk_id for p in dev}, {p.query for p in train + choice + dev}
         fresh = list({p.query: p for seed in (1, 2, 3)
                       for p in make_pseudo_queries(chunks, kinds=["ict", "crop"], seed=seed)[0]
                       if p.chunk_id in held and p.query not in seen}.values())
         wanted = [p.chunk_id for p in fresh]
-        before = mrr_at_10(dense_ranking(index, index.encoder, [p.query for p in fresh]), wanted)
-        after = mrr_at_10(dense_ranking(index, index.query_encoder, [p.query for p in fresh]), wanted)
-    assert len(fresh) >= 150
-    if r.kept:
-        assert after > before, (before, after, len(fresh), r.reason)
+        rr_before = _rr(dense_ranking(index, index.encoder, [p.query for p in fresh]), wanted)
+        rr_after = _rr(dense_ranking(index, index.query_encoder, [p.query for p in fresh]), wanted)
+    before, after = 100 * rr_before.mean(), 100 * rr_after.mean()
+    print(f"fresh {len(fresh)}: {before:.2f} -> {after:.2f}; {r.reason}")
+    assert len(fresh) >= 100
+    if r.kept:  # better on the mean, and not clearly worse by the same bootstrap test the keep rule uses
+        assert after > before and bootstrap_lower(rr_before - rr_after) <= 0, (before, after, len(fresh), r.reason)
     else:
         assert after == before, (before, after, r.reason)  # the collection is unchanged
+
+
+def _rr(ranked: list[list[str]], wanted: list[str]) -> np.ndarray:
+    return np.array([1 / (r.index(w) + 1) if w in r else 0.0 for r, w in zip(ranked, wanted)])
 
 
 def _teacher(store: dict, n: int = 60, k: int = 8):
