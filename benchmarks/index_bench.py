@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--precision", default="fp32", help="CPU precision (default fp32: the table compares models; "
+                        "auto: what users of the model get)")
     parser.add_argument("--out", type=Path, default=RESULTS / "index_bench.json")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    encoder = LGAnnaEncoder.from_pretrained(args.model, precision="fp32")  # the table compares models, not precisions
+    encoder = LGAnnaEncoder.from_pretrained(args.model, precision=args.precision)
 
     results: dict[str, Any] = {
         "model": encoder.name, "torch_threads": torch.get_num_threads(),

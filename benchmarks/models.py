@@ -116,7 +116,8 @@ def load_model(name: str, *, cache_dir: Path | None = DEFAULT_CACHE, dense: str 
         dense_name = name.split(":", 1)[1] if ":" in name else dense
         return HybridSearch([load_model("bm25"), load_model(dense_name, cache_dir=cache_dir)], fusion_strategy="rrf")
     if name.startswith("plain:"):  # the same model with instructions off (queries embedded as plain text)
-        return CachedLGAnnaModel(name.split(":", 1)[1], cache_dir=cache_dir, use_instructions=False, precision="fp32")
+        plain, _, precision = name.split(":", 1)[1].partition("@")
+        return CachedLGAnnaModel(plain, cache_dir=cache_dir, use_instructions=False, precision=precision or "fp32")
     # fp32 unless asked: the quality tables compare models; the embedding cache's fingerprint is the model's weights and
     # settings (and a precision other than fp32)
     name, _, precision = name.partition("@")

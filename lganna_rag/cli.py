@@ -130,7 +130,7 @@ def _speed_options(func: Callable) -> Callable:
         "--precision", type=click.Choice(list(_PRECISIONS)), envvar="LGANNA_PRECISION", show_envvar=True,
         help="CPU inference precision: fp32, bf16, int8 (ONNX Runtime when installed, else PyTorch; int8-onnx / "
              "int8-torch pick one), or auto (the fastest one that passed the quality rule on this CPU). Default: "
-             "see README (Speed); the measurements are in benchmarks/results/.",
+             "auto (README, Speed; the measurements are in benchmarks/results/).",
     )(run)
 
 

@@ -155,9 +155,15 @@ def build_bert_dir(onnx_path: str | os.PathLike, tokenizer_json: str | os.PathLi
         _sentence_transformers_files(folder, sizes["hidden_size"], sizes["max_position_embeddings"], lganna)
         (folder / "fingerprint.json").write_text(json.dumps(
             {"onnx_sha256": onnx_sha256, "recipe": RECIPE_VERSION}, indent=2) + "\n", encoding="utf-8")
-        try:
-            folder.rename(out)
-        except OSError:  # another process built it first
-            if not (out / "model.safetensors").is_file():
-                raise
+        move_into_place(folder, out)
     return out
+
+
+def move_into_place(built: Path, out: Path) -> None:
+    """Rename a model folder built beside ``out`` into place; where another process got there first (its
+    ``model.safetensors`` is there), keep theirs."""
+    try:
+        built.rename(out)
+    except OSError:
+        if not (out / "model.safetensors").is_file():
+            raise

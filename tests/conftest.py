@@ -37,7 +37,7 @@ def mistral(mistral_dir):
 def minilm():
     from lganna_rag import LGAnnaEncoder
 
-    return LGAnnaEncoder.from_pretrained("minilm")
+    return LGAnnaEncoder.from_pretrained("minilm", precision="fp32")  # exact vectors (int8 is batch-dependent)
 
 
 #: Set to 1 (as ``.ci/run`` does) to make a missing shared-data folder a failure instead of a skip.

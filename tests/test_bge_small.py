@@ -98,3 +98,27 @@ def test_a_minilm_collection_opens_and_searches_with_minilm_whatever_the_default
     with Index(tmp_path / "bge", encoder=bge) as index:  # and a bge-small collection beside it
         index.add_files([docs])
         assert index.search("lava from a volcano", k=1)[0].source == "volcanoes.md"
+
+
+def test_the_default_model_serves_the_langchain_and_llamaindex_classes():
+    """No model named: both frameworks' classes embed with the default (bge-small, at the CPU default precision),
+    queries with its retrieval instruction, and a related passage outranks an unrelated one."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from lganna_rag import LGAnnaEmbeddings
+    from lganna_rag.integrations.llama_index import LGAnnaEmbedding
+    from lganna_rag.models import DEFAULT_MODEL
+
+    try:
+        lc = LGAnnaEmbeddings()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    li = LGAnnaEmbedding(encoder=lc.encoder)
+    assert lc.encoder.name == DEFAULT_MODEL == li.model_name
+    passages = ["Brew green tea with water at 70-80 degrees for two minutes.", "The stock market fell on Tuesday."]
+    for q, d in ((lc.embed_query("what water temperature for green tea?"), lc.embed_documents(passages)),
+                 (li.get_query_embedding("what water temperature for green tea?"),
+                  [li.get_text_embedding(p) for p in passages])):
+        scores = np.asarray(d) @ np.asarray(q)
+        assert scores[0] > scores[1] + 0.1, scores
+    assert lc.embed_query("tea") != lc.embed_documents(["tea"])[0]  # the instruction reached the query

@@ -11,7 +11,7 @@ from lganna_rag.models import DEFAULT_MODEL, REGISTRY, bundled_weights_dir, defa
 
 def test_default_model_choice(monkeypatch):
     monkeypatch.setenv("LGANNA_MODEL", "lganna-minilm")  # read by the command line only (--model's variable)
-    assert default_model_name() == DEFAULT_MODEL == "minilm"
+    assert default_model_name() == DEFAULT_MODEL == "bge-small"
     assert LGAnnaEncoder.from_pretrained().name == DEFAULT_MODEL
 
 
@@ -26,7 +26,7 @@ MINILM_ADAPTER = bundled_weights_dir() / "lganna-minilm"
 
 @pytest.fixture(scope="module")
 def lganna_minilm() -> LGAnnaEncoder:
-    return LGAnnaEncoder.from_pretrained("lganna-minilm")
+    return LGAnnaEncoder.from_pretrained("lganna-minilm", precision="fp32")  # the merged torch model itself
 
 
 def test_lganna_minilm_is_a_small_adapter_over_the_installed_minilm(lganna_minilm):
