@@ -129,6 +129,25 @@ def run_task(task: str, model: str, minutes: float, workdir: Path, seed: int,
     return entry
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """A table of a results file: per set, nDCG@10 before/after (after = before when not kept), the judging queries,
+    steps, the held-out MRR@10 and the bound the keep rule used."""
+    rows = ["| set | chunks | dense before → after | hybrid before → after | kept | judged on (mode, queries) | "
+            "held-out MRR@10 base → adapted | 95% lower bound of the gain | steps |",
+            "|---|---:|---|---|---|---|---|---:|---:|"]
+    for key, e in results["tasks"].items():
+        a = e.get("adapt")
+        if not a:
+            rows.append(f"| {key} | {e['docs']} | refused: {e.get('adapt_error', '')[:60]} | | | | | | |")
+            continue
+        after = e["adapted_query_side"] or e["base"]
+        pair = {m: f"{e['base'][m]} → {after[m]} ({after[m] - e['base'][m]:+.2f})" for m in ("dense", "hybrid")}
+        rows.append(f"| {key} | {e['docs']:,} | {pair['dense']} | {pair['hybrid']} | {'kept' if a['kept'] else 'not kept'} "
+                    f"| {a['mode']}, {a['dev_queries']} | {a['dev_mrr_base']} → {a['dev_mrr_adapted']} "
+                    f"| {a['gain_lower']:+.2f} | {a['steps']} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: measure and write ``benchmarks/results/adapt.json``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,7 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher-model", default=None, help="the teacher's dense model (default: --model)")
     ap.add_argument("--lr", type=float, default=None, help="adapt's learning rate (default: adapt's own)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adapt.json")
+    ap.add_argument("--report-only", action="store_true", help="only write OUT's table (OUT with .md) from OUT")
     args = ap.parse_args(argv)
+    if args.report_only:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
+        print(f"wrote {args.out.with_suffix('.md')}")
+        return
     kinds = iter_kinds(args.kinds)
     import torch
     from lganna_rag import __version__
@@ -172,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             results["tasks"][key] = entry
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
+            args.out.with_suffix(".md").write_text(markdown(results))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"wrote {args.out}")

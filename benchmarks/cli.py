@@ -127,9 +127,11 @@ def int8_cmd(model: str, n: int, rounds: int, tasks: str | None, out_dir: Path) 
 @click.option("--no-quality", is_flag=True, help="Speed only (no cosine/STSB/SciFact per engine).")
 @click.option("--index-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also time `lganna-rag index` of this folder at fp32 and at auto.")
+@click.option("--scifact-docs", type=int, default=None, help="SciFact quality over the judged documents plus a fixed "
+                                                              "sample up to this many (default: the whole corpus).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 def engines_cmd(models: str, thread_counts: str, rounds: int, n: int, peers_python: str | None, no_quality: bool,
-                index_folder: Path | None, out_dir: Path) -> None:
+                index_folder: Path | None, scifact_docs: int | None, out_dir: Path) -> None:
     """lganna-rag's CPU precisions side by side with sentence-transformers (PyTorch, ONNX, ONNX qint8) and fastembed,
     one process per engine, same model files and texts; engines.json/.md."""
     from .engines import PEERS_PYTHON, run
@@ -139,7 +141,7 @@ def engines_cmd(models: str, thread_counts: str, rounds: int, n: int, peers_pyth
         click.echo(f"no peers' virtualenv at {peers} (make bench-peers): lganna-rag's engines only", err=True)
         peers = None
     run(_split(models) or [], [int(t) for t in thread_counts.split(",")], rounds, n, peers, not no_quality, out_dir,
-        index_folder)
+        index_folder, scifact_docs)
     click.echo(f"wrote {out_dir / 'engines.json'} and engines.md")
 
 

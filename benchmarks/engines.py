@@ -139,8 +139,11 @@ def time_engines(engines: list[Engine], paths: dict[str, str], n: int, rounds: i
     return best
 
 
-def quality(engines: list[Engine], encoder: Any, work: Path, passages: str) -> dict[str, dict[str, float]]:
-    """Per engine: cosine to lganna fp32 on the 128-token passages, STSBenchmark test Spearman, SciFact nDCG@10."""
+def quality(engines: list[Engine], encoder: Any, work: Path, passages: str,
+            scifact_docs: int | None = None) -> dict[str, dict[str, float]]:
+    """Per engine: cosine to lganna fp32 on the 128-token passages, STSBenchmark test Spearman, SciFact nDCG@10
+    (over its whole corpus, or with ``scifact_docs``: every judged document plus a fixed random sample of the
+    others up to that many, the same for every engine)."""
     from scipy.stats import spearmanr
 
     sts = list(read_jsonl(data_dir() / "STSBenchmark" / "test.jsonl"))
@@ -152,6 +155,12 @@ def quality(engines: list[Engine], encoder: Any, work: Path, passages: str) -> d
         qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r["score"])
     queries = {str(r["_id"]): r["text"] for r in read_jsonl(root / "queries.jsonl") if str(r["_id"]) in qrels}
     doc_ids = list(corpus)
+    if scifact_docs is not None and scifact_docs < len(doc_ids):
+        judged = {d for rel in qrels.values() for d in rel}
+        others = [d for d in doc_ids if d not in judged]
+        rng = np.random.default_rng(0)
+        keep = judged | set(rng.choice(others, max(0, scifact_docs - len(judged)), replace=False).tolist())
+        doc_ids = [d for d in doc_ids if d in keep]
     inputs = {"sts": sentences, "docs": _cut(encoder.tokenizer, [corpus[d] for d in doc_ids], 254),
               "queries": encoder.render_queries(list(queries.values()), "SciFact")}
     paths = _files(work, inputs)
@@ -180,11 +189,12 @@ def quality(engines: list[Engine], encoder: Any, work: Path, passages: str) -> d
 
 
 def run(models: list[str], threads: list[int], rounds: int, n: int, peers_python: str | None,
-        with_quality: bool, out_dir: Path, index_folder: Path | None = None) -> dict[str, Any]:
+        with_quality: bool, out_dir: Path, index_folder: Path | None = None,
+        scifact_docs: int | None = None) -> dict[str, Any]:
     """Measure every engine for every model and thread count (and, with ``index_folder``, ``lganna-rag index`` of
     that folder at fp32 and at ``auto``); write ``engines.json`` and ``engines.md``."""
     result: dict[str, Any] = {"versions": _versions(), "machine": _machine(), "n": n, "rounds": rounds,
-                              "peers_python": peers_python, "models": {}}
+                              "peers_python": peers_python, "scifact_docs": scifact_docs, "models": {}}
     for model in models:
         with tempfile.TemporaryDirectory(prefix="lganna-engines-") as tmp:
             work = Path(tmp)
@@ -202,7 +212,7 @@ def run(models: list[str], threads: list[int], rounds: int, n: int, peers_python
                                                       for e, sets_ in tps.items()}
                     entry["load_seconds"][str(t)] = {e.name: e.loaded for e in engines}
                     if with_quality and t == max(threads):
-                        entry["quality"] = quality(engines, files["encoder"], work, paths["passages-128"])
+                        entry["quality"] = quality(engines, files["encoder"], work, paths["passages-128"], scifact_docs)
                 finally:
                     for e in engines:
                         e.close()
@@ -287,7 +297,9 @@ def report(result: dict[str, Any]) -> str:
                              f"| {x[p]['ratio_to_fp32']:.2f}x |")
             lines.append("")
         if "quality" in entry:
-            lines += [f"## {model}: quality", "", "| engine | min / mean cosine to fp32 | STSB test | SciFact nDCG@10 |",
+            sub = result.get("scifact_docs")
+            lines += [f"## {model}: quality", "", "| engine | min / mean cosine to fp32 | STSB test | SciFact nDCG@10"
+                      + (f" ({sub:,}-document subset: the judged ones + a fixed sample)" if sub else "") + " |",
                       "|---|---:|---:|---:|"]
             for engine, q in entry["quality"].items():
                 lines.append(f"| {engine} | {q['min_cos']:.4f} / {q['mean_cos']:.4f} | {q['stsb']:.2f} | {q['scifact']:.2f} |")
@@ -307,6 +319,8 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--index-folder", type=Path, default=None,
                     help="also time `lganna-rag index` of this folder at fp32 and at auto")
+    ap.add_argument("--scifact-docs", type=int, default=None,
+                    help="SciFact quality over the judged documents plus a fixed sample up to this many (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -315,7 +329,7 @@ def main() -> None:
         print(f"no peers' virtualenv at {args.peers_python}: measuring lganna-rag's engines only", file=sys.stderr)
     t0 = time.time()
     run([m for m in args.models.split(",") if m], [int(t) for t in args.threads.split(",")], args.rounds, args.n,
-        peers, not args.no_quality, args.out, args.index_folder)
+        peers, not args.no_quality, args.out, args.index_folder, args.scifact_docs)
     print(f"wrote {args.out / 'engines.json'} and engines.md in {time.time() - t0:.0f} s")
 
 
