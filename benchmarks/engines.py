@@ -33,6 +33,7 @@ from lganna_rag.data import data_dir, read_jsonl
 from lganna_rag.metrics import ndcg_at_k
 
 from .quality import RESULTS_DIR, _versions
+from .tasks import load_retrieval
 
 LGANNA_ENGINES = ("lganna:fp32", "lganna:bf16", "lganna:int8-onnx")
 #: Other runtimes for lganna-rag's encoders, built in the worker from the same fp32 export (measured, not shipped).
@@ -148,13 +149,10 @@ def quality(engines: list[Engine], encoder: Any, work: Path, passages: str,
 
     sts = list(read_jsonl(data_dir() / "STSBenchmark" / "test.jsonl"))
     sentences = list(dict.fromkeys(s for r in sts for s in (r["sentence1"], r["sentence2"])))
-    root = data_dir() / "SciFact"
-    corpus = {r["_id"]: f"{r.get('title', '')} {r['text']}".strip() for r in read_jsonl(root / "corpus.jsonl")}
-    qrels: dict[str, dict[str, int]] = {}
-    for r in read_jsonl(root / "qrels" / "test.jsonl"):
-        qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r["score"])
-    queries = {str(r["_id"]): r["text"] for r in read_jsonl(root / "queries.jsonl") if str(r["_id"]) in qrels}
-    doc_ids = list(corpus)
+    scifact = load_retrieval("SciFact")
+    qrels, queries = scifact.qrels, scifact.queries
+    doc_ids, texts = scifact.document_texts()
+    corpus = dict(zip(doc_ids, texts))
     if scifact_docs is not None and scifact_docs < len(doc_ids):
         judged = {d for rel in qrels.values() for d in rel}
         others = [d for d in doc_ids if d not in judged]

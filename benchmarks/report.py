@@ -169,19 +169,23 @@ def plot(results: dict[str, dict[str, Any]], speed: dict[str, Any] | None, out_d
     return paths
 
 
-#: The int8 quality rule (README, Speed): at most this mean loss over the STS, retrieval and reranking tasks run at
-#: both precisions, and no task worse by more than ``INT8_MAX_TASK_LOSS``.
-INT8_MAX_MEAN_LOSS, INT8_MAX_TASK_LOSS = 0.3, 1.0
+#: The precision quality rule (README, Speed): at most this mean loss over the STS, retrieval and reranking tasks
+#: run at both precisions, and no task worse by more than ``MAX_TASK_LOSS``.
+MAX_MEAN_LOSS, MAX_TASK_LOSS = 0.3, 1.0
+#: The precisions the rule is applied to (``NAME@PRECISION`` result files against ``NAME``'s fp32 one).
+RULED_PRECISIONS = ("int8-onnx", "bf16")
 
 
-def int8_rule_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """Each ``NAME-at-int8-onnx`` result against ``NAME`` (fp32) on their common STS/retrieval/reranking tasks:
-    per-task differences, the mean loss, the worst task and whether the rule passes."""
-    rows = ["| model | tasks | fp32 mean | int8-onnx mean | mean loss | worst task | passes |", "|---|---:|---:|---:|---:|---|---|"]
+def precision_rule_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """Each ``NAME-at-PRECISION`` result against ``NAME`` (fp32) on their common STS/retrieval/reranking tasks:
+    the mean loss, the worst task and whether the rule passes, then the per-task differences."""
+    rows = ["| model | precision | tasks | fp32 mean | mean at the precision | mean loss | worst task | passes |",
+            "|---|---|---:|---:|---:|---:|---|---|"]
     detail = []
     for label, q in results.items():
-        base = results.get(label.removesuffix("-at-int8-onnx"))
-        if not label.endswith("-at-int8-onnx") or base is None:
+        precision = next((p for p in RULED_PRECISIONS if label.endswith(f"-at-{p}")), None)
+        base = results.get(label.removesuffix(f"-at-{precision}")) if precision else None
+        if base is None:
             continue
         tasks = [t for t, e in q["tasks"].items() if t in base["tasks"] and e["type"] in ("sts", "retrieval", "reranking")]
         if not tasks:
@@ -189,10 +193,10 @@ def int8_rule_markdown(results: dict[str, dict[str, Any]]) -> str:
         diff = {t: round(q["tasks"][t]["main_score"] - base["tasks"][t]["main_score"], 2) for t in tasks}
         f32, i8 = (mean(r["tasks"][t]["main_score"] for t in tasks) for r in (base, q))
         worst = min(diff, key=diff.get)
-        ok = f32 - i8 <= INT8_MAX_MEAN_LOSS and diff[worst] >= -INT8_MAX_TASK_LOSS
-        rows.append(f"| {base['model']} | {len(tasks)} | {f32:.2f} | {i8:.2f} | {f32 - i8:+.2f} | {worst} {diff[worst]:+.2f} "
-                    f"| {'yes' if ok else 'no'} |")
-        detail.append(f"- {base['model']}: " + ", ".join(f"{t} {d:+.2f}" for t, d in diff.items()))
+        ok = f32 - i8 <= MAX_MEAN_LOSS and diff[worst] >= -MAX_TASK_LOSS
+        rows.append(f"| {base['model']} | {precision} | {len(tasks)} | {f32:.2f} | {i8:.2f} | {f32 - i8:+.2f} "
+                    f"| {worst} {diff[worst]:+.2f} | {'yes' if ok else 'no'} |")
+        detail.append(f"- {base['model']} at {precision}: " + ", ".join(f"{t} {d:+.2f}" for t, d in diff.items()))
     return "\n".join(rows + [""] + detail) if detail else ""
 
 
@@ -206,11 +210,12 @@ def write_report(out_dir: Path = RESULTS_DIR) -> Path:
         parts += ["## Quality (mteb evaluators on the shared data)", "", leaderboard_markdown(results), ""]
         if "minilm" in results:
             parts += ["## Harness validation: all-MiniLM-L6-v2, ours vs published MTEB", "", validation_markdown(results["minilm"]), ""]
-    rule = int8_rule_markdown(results)
+    rule = precision_rule_markdown(results)
     if rule:
-        parts += ["## The int8 quality rule (`precision=\"auto\"`)", "",
-                  f"Mean loss at most {INT8_MAX_MEAN_LOSS} on the STS, retrieval and reranking tasks, no task worse by more "
-                  f"than {INT8_MAX_TASK_LOSS}; fp32 = the model's own result file, int8-onnx = `NAME@int8-onnx`.", "", rule, ""]
+        parts += ["## The precision quality rule (`precision=\"auto\"`)", "",
+                  f"Mean loss at most {MAX_MEAN_LOSS} on the STS, retrieval and reranking tasks, no task worse by more "
+                  f"than {MAX_TASK_LOSS}; fp32 = the model's own result file, the other column `NAME@PRECISION`.", "",
+                  rule, ""]
     if speed:
         parts += ["## Speed", "", speed_markdown(speed), ""]
     if results:

@@ -22,13 +22,15 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 #: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``bf16``: the weights in bfloat16 on the CPU (AMX
 #: where present); ``int8-onnx``: ONNX Runtime int8 (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``:
 #: PyTorch dynamic quantization (:func:`quantize_int8`); ``int8``: ``int8-onnx`` for an encoder when onnxruntime is
-#: installed, else ``int8-torch``; ``auto``: ``int8-onnx`` for an encoder on a CPU with integer dot-product
-#: instructions (:data:`INT8_FEATURES`) for a registered model whose int8 passed the quality rule
-#: (``RegisteredModel.auto_int8``), else fp32 (see :func:`int8_backend`, :func:`concrete_precision`).
+#: installed, else ``int8-torch``; ``auto``: a registered model's ``auto_precision`` (the fastest precision whose
+#: vectors passed the quality rule) where the CPU has the instructions it needs (:data:`INT8_FEATURES` for
+#: ``int8-onnx``, :data:`BF16_FEATURES` for ``bf16``), else fp32 (see :func:`concrete_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
 #: CPU features under which ``auto`` runs encoders in int8 through ONNX Runtime: the integer dot-product instructions
 #: its int8 kernels are built on. The choice and the quality rule it passed are in README (Speed).
 INT8_FEATURES = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: CPU features under which ``auto`` may run a model in bfloat16: native bf16 dot products (AVX-512 BF16, AMX).
+BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16"})
 #: Precision on CPU when none is given. Callers that need exact fp32 vectors (training teachers, the quality
 #: benchmarks, parity checks) ask for ``fp32`` explicitly; the measurements behind the choice are in README.
 CPU_DEFAULT_PRECISION = "auto"
@@ -207,13 +209,18 @@ def _apply_adapters(model: torch.nn.Module, chain: list[Path], merge: bool) -> t
 
 
 def concrete_precision(requested: str, *, is_decoder: bool, dtype_given: bool, merged: bool,
-                       int8_passed: bool = True) -> str:
-    """What runs for ``requested``: ``auto`` quantizes only what it can (fp32 weights, adapters merged, an encoder)
-    and only a model whose int8 vectors passed the quality rule (``int8_passed``), else fp32; explicit int8 with a
-    non-fp32 ``dtype`` or an unmerged adapter is an error."""
+                       auto_choice: str = "int8-onnx") -> str:
+    """What runs for ``requested``. ``auto`` runs the model's ``auto_choice`` (the precision that passed the quality
+    rule for it) where it applies: ``int8-onnx`` for an encoder with fp32 weights and merged adapters, onnxruntime and
+    :data:`INT8_FEATURES`; ``bf16`` on a CPU with :data:`BF16_FEATURES` and no ``dtype`` given; else fp32. Explicit
+    int8 with a non-fp32 ``dtype`` or an unmerged adapter is an error."""
+    if requested == "auto":
+        if dtype_given or not merged:
+            return "fp32"
+        if auto_choice == "bf16":
+            return "bf16" if BF16_FEATURES & cpu_flags() else "fp32"
+        return int8_backend("auto", is_decoder=is_decoder) if auto_choice == "int8-onnx" else "fp32"
     chosen = int8_backend(requested, is_decoder=is_decoder)
-    if requested == "auto" and (dtype_given or not merged or not int8_passed):
-        return "fp32"
     if chosen.startswith("int8"):
         if dtype_given:
             raise ValueError(f"precision {chosen!r} quantizes float32 weights: leave dtype unset (or float32)")
@@ -267,7 +274,8 @@ def load(name: str, *, adapter: str | os.PathLike | None = None, merge_adapter: 
     chosen = concrete_precision(resolve_precision(precision, dev), is_decoder=is_decoder,
                                 dtype_given=dtype is not None and torch_dtype != torch.float32,
                                 merged=merge_adapter or not chain,
-                                int8_passed=name in REGISTRY and REGISTRY[name].auto_int8 and adapter is None)
+                                auto_choice=REGISTRY[name].auto_precision if name in REGISTRY and adapter is None
+                                else "fp32")
     pad = tokenizer.pad_token_id
     model = _at_precision(model, chosen, name, chain, pad if pad is not None else 0, threads)
     return Loaded(model, tokenizer, ModelConfig(**values), is_decoder, chosen, chain[-1] if chain else None)

