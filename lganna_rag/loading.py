@@ -26,8 +26,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 #: vectors passed the quality rule) where the CPU has the instructions it needs (:data:`INT8_FEATURES` for
 #: ``int8-onnx``, :data:`BF16_FEATURES` for ``bf16``), else fp32 (see :func:`concrete_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
-#: CPU features under which ``auto`` runs encoders in int8 through ONNX Runtime: the integer dot-product instructions
-#: its int8 kernels are built on. The choice and the quality rule it passed are in README (Speed).
+#: CPU features under which ``auto`` may run an encoder in int8 through ONNX Runtime: the integer dot-product
+#: instructions its int8 kernels are built on. Which models passed the quality rule for it: README (Speed).
 INT8_FEATURES = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 #: CPU features under which ``auto`` may run a model in bfloat16: native bf16 dot products (AVX-512 BF16, AMX).
 BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16"})
@@ -209,7 +209,7 @@ def _apply_adapters(model: torch.nn.Module, chain: list[Path], merge: bool) -> t
 
 
 def concrete_precision(requested: str, *, is_decoder: bool, dtype_given: bool, merged: bool,
-                       auto_choice: str = "int8-onnx") -> str:
+                       auto_choice: str = "fp32") -> str:
     """What runs for ``requested``. ``auto`` runs the model's ``auto_choice`` (the precision that passed the quality
     rule for it) where it applies: ``int8-onnx`` for an encoder with fp32 weights and merged adapters, onnxruntime and
     :data:`INT8_FEATURES`; ``bf16`` on a CPU with :data:`BF16_FEATURES` and no ``dtype`` given; else fp32. Explicit

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lganna_rag.metrics import bootstrap_lower
+from lganna_rag.metrics import bootstrap_lower, rank_in, reciprocal_rank
 
 from lganna_rag.adapt import (AdaptError, PseudoQuery, adapt_index, headings, is_near_copy, make_pseudo_queries, mrr_at_10,
                               sentences, split_dev, split_queries, undo)
@@ -251,7 +251,7 @@ def test_adapt_is_never_worse_by_more_than_noise_and_better_where_it_keeps(tmp_p
 
 
 def _rr(ranked: list[list[str]], wanted: list[str]) -> np.ndarray:
-    return np.array([1 / (r.index(w) + 1) if w in r else 0.0 for r, w in zip(ranked, wanted)])
+    return np.array([reciprocal_rank(rank_in(r, w), 10) for r, w in zip(ranked, wanted)])
 
 
 def _teacher(store: dict, n: int = 60, k: int = 8):
