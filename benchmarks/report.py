@@ -173,7 +173,7 @@ def plot(results: dict[str, dict[str, Any]], speed: dict[str, Any] | None, out_d
 #: run at both precisions, and no task worse by more than ``MAX_TASK_LOSS``.
 MAX_MEAN_LOSS, MAX_TASK_LOSS = 0.3, 1.0
 #: The precisions the rule is applied to (``NAME@PRECISION`` result files against ``NAME``'s fp32 one).
-RULED_PRECISIONS = ("int8-onnx", "bf16")
+RULED_PRECISIONS = ("int8-onnx", "bf16-openvino", "bf16")
 
 
 def precision_rule_markdown(results: dict[str, dict[str, Any]]) -> str:

@@ -128,14 +128,14 @@ def _speed_options(func: Callable) -> Callable:
                                                                "cores).")(run)
     return click.option(
         "--precision", type=click.Choice(list(_PRECISIONS)), envvar="LGANNA_PRECISION", show_envvar=True,
-        help="CPU inference precision: fp32, bf16, int8 (ONNX Runtime when installed, else PyTorch; int8-onnx / "
-             "int8-torch pick one), or auto (the fastest one that passed the quality rule on this CPU). Default: "
-             "auto (README, Speed; the measurements are in benchmarks/results/).",
+        help="CPU inference precision: fp32, bf16 (PyTorch), bf16-openvino (OpenVINO), int8 (ONNX Runtime when "
+             "installed, else PyTorch; int8-onnx / int8-torch pick one), or auto (the fastest one that passed the "
+             "quality rule on this CPU). Default: auto (README, Speed; the measurements are in benchmarks/results/).",
     )(run)
 
 
 _SPEED = "lganna.speed"
-_PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
+_PRECISIONS = ("auto", "fp32", "bf16", "bf16-openvino", "int8", "int8-onnx", "int8-torch")  # loading.PRECISIONS
 
 
 def _speed() -> dict[str, Any]:

@@ -76,8 +76,8 @@ class LGAnnaEncoder(QueryRendering):
         self.config = config
         self.name = name
         self.is_decoder = is_decoder
-        #: ``fp32``, ``bf16``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a model passed in is
-        #: taken as it is).
+        #: ``fp32``, ``bf16``, ``bf16-openvino``, ``int8-onnx`` or ``int8-torch`` (set by :meth:`from_pretrained`; a
+        #: model passed in is taken as it is).
         self.precision = "fp32"
         #: The PEFT adapter directory merged into (or applied to) the base weights by :meth:`from_pretrained`.
         self.adapter_dir: Path | None = None

@@ -20,12 +20,13 @@ from .models import REGISTRY, ModelConfig, ModelNotFoundError, read_model_config
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``precision`` values of :meth:`LGAnnaEncoder.from_pretrained`. ``bf16``: the weights in bfloat16 on the CPU (AMX
-#: where present); ``int8-onnx``: ONNX Runtime int8 (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``:
+#: where present); ``bf16-openvino``: OpenVINO's bf16 build of the fp32 weights (:mod:`lganna_rag.openvino_bf16`;
+#: encoders only); ``int8-onnx``: ONNX Runtime int8 (:mod:`lganna_rag.onnx_int8`; encoders only); ``int8-torch``:
 #: PyTorch dynamic quantization (:func:`quantize_int8`); ``int8``: ``int8-onnx`` for an encoder when onnxruntime is
-#: installed, else ``int8-torch``; ``auto``: a registered model's ``auto_precision`` (the fastest precision whose
-#: vectors passed the quality rule) where the CPU has the instructions it needs (:data:`INT8_FEATURES` for
-#: ``int8-onnx``, :data:`BF16_FEATURES` for ``bf16``), else fp32 (see :func:`concrete_precision`).
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onnx", "int8-torch")
+#: installed, else ``int8-torch``; ``auto``: the first of a registered model's ``auto_precision`` choices (the
+#: precisions whose vectors passed the quality rule, fastest first) that runs here (:func:`runs_here`), else fp32
+#: (see :func:`concrete_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-openvino", "int8", "int8-onnx", "int8-torch")
 #: CPU features under which ``auto`` may run an encoder in int8 through ONNX Runtime: the integer dot-product
 #: instructions its int8 kernels are built on. Which models passed the quality rule for it: README (Speed).
 INT8_FEATURES = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -72,6 +73,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
         return "fp32"
     if precision.startswith("int8") and device.type != "cpu":
         raise ValueError(f"precision {precision!r} (dynamic quantization) runs on CPU only, not on {device.type}")
+    if precision == "bf16-openvino" and device.type != "cpu":
+        raise ValueError(f"precision 'bf16-openvino' runs on CPU only, not on {device.type}")
     return precision
 
 
@@ -208,22 +211,43 @@ def _apply_adapters(model: torch.nn.Module, chain: list[Path], merge: bool) -> t
     return model
 
 
+def runs_here(precision: str, *, is_decoder: bool) -> bool:
+    """Whether ``auto`` may choose ``precision`` for this model on this machine: ``bf16`` needs
+    :data:`BF16_FEATURES`; ``bf16-openvino`` an encoder, those features, OpenVINO and ONNX Runtime (for the export);
+    ``int8-onnx`` an encoder, onnxruntime and :data:`INT8_FEATURES`; ``fp32`` always runs."""
+    from .onnx_int8 import onnx_available
+    from .openvino_bf16 import openvino_available
+
+    flags = cpu_flags()
+    if precision == "bf16":
+        return bool(BF16_FEATURES & flags)
+    if precision == "bf16-openvino":
+        return not is_decoder and bool(BF16_FEATURES & flags) and openvino_available() and onnx_available()
+    if precision == "int8-onnx":
+        return not is_decoder and onnx_available() and bool(INT8_FEATURES & flags)
+    return precision == "fp32"
+
+
 def concrete_precision(requested: str, *, is_decoder: bool, dtype_given: bool, merged: bool,
-                       auto_choice: str = "fp32") -> str:
-    """What runs for ``requested``. ``auto`` runs the model's ``auto_choice`` (the precision that passed the quality
-    rule for it) where it applies: ``int8-onnx`` for an encoder with fp32 weights and merged adapters, onnxruntime and
-    :data:`INT8_FEATURES`; ``bf16`` on a CPU with :data:`BF16_FEATURES` and no ``dtype`` given; else fp32. Explicit
-    int8 with a non-fp32 ``dtype`` or an unmerged adapter is an error."""
+                       auto_choice: tuple[str, ...] = ()) -> str:
+    """What runs for ``requested``. ``auto`` runs the first of the model's ``auto_choice`` (the precisions that
+    passed the quality rule for it, fastest first) that :func:`runs_here`, for fp32 weights with merged adapters;
+    else fp32. Explicit int8 or ``bf16-openvino`` with a non-fp32 ``dtype`` or an unmerged adapter is an error, and
+    ``bf16-openvino`` for a decoder or without OpenVINO installed."""
     if requested == "auto":
         if dtype_given or not merged:
             return "fp32"
-        if auto_choice == "bf16":
-            return "bf16" if BF16_FEATURES & cpu_flags() else "fp32"
-        return int8_backend("auto", is_decoder=is_decoder) if auto_choice == "int8-onnx" else "fp32"
+        return next((c for c in auto_choice if runs_here(c, is_decoder=is_decoder)), "fp32")
     chosen = int8_backend(requested, is_decoder=is_decoder)
-    if chosen.startswith("int8"):
+    if chosen == "bf16-openvino":
+        from .openvino_bf16 import require_openvino
+
+        if is_decoder:
+            raise ValueError("precision 'bf16-openvino' supports encoder models only; use 'bf16' for a decoder")
+        require_openvino()
+    if chosen.startswith("int8") or chosen == "bf16-openvino":
         if dtype_given:
-            raise ValueError(f"precision {chosen!r} quantizes float32 weights: leave dtype unset (or float32)")
+            raise ValueError(f"precision {chosen!r} converts float32 weights: leave dtype unset (or float32)")
         if not merged:
             raise ValueError(f"precision {chosen!r} needs the adapter merged (merge_adapter=True)")
     return chosen
@@ -237,6 +261,10 @@ def _at_precision(model: torch.nn.Module, chosen: str, name: str, chain: list[Pa
         return model.to(torch.bfloat16)
     if chosen == "int8-torch":
         return quantize_int8(model)
+    if chosen == "bf16-openvino":
+        from .openvino_bf16 import load_openvino
+
+        return load_openvino(model, pad_id=pad_id, threads=threads)
     if chosen != "int8-onnx":
         return model
     from .onnx_int8 import OnnxInt8Transformer, load_int8
@@ -275,7 +303,7 @@ def load(name: str, *, adapter: str | os.PathLike | None = None, merge_adapter: 
                                 dtype_given=dtype is not None and torch_dtype != torch.float32,
                                 merged=merge_adapter or not chain,
                                 auto_choice=REGISTRY[name].auto_precision if name in REGISTRY and adapter is None
-                                else "fp32")
+                                else ())
     pad = tokenizer.pad_token_id
     model = _at_precision(model, chosen, name, chain, pad if pad is not None else 0, threads)
     return Loaded(model, tokenizer, ModelConfig(**values), is_decoder, chosen, chain[-1] if chain else None)

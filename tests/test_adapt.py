@@ -309,7 +309,9 @@ def test_adapter_is_saved_and_reloaded_for_queries_only(store: dict) -> None:
         assert folder is not None and sorted(p.name for p in folder.iterdir()) == [
             "adapter_config.json", "adapter_model.safetensors", "lganna.json"]
         q = index.query_encoder.encode_queries(QUERIES)
-        direct = LGAnnaEncoder.from_pretrained("minilm", adapter=folder).encode_queries(QUERIES)
+        # the query encoder runs at the collection's precision (the CPU default when it was made)
+        direct = LGAnnaEncoder.from_pretrained("minilm", adapter=folder, precision=index.encoder.precision
+                                               ).encode_queries(QUERIES)
         np.testing.assert_allclose(q, direct, atol=1e-6)
         assert np.abs(q - store["base_q"]).max() > 1e-3  # the adapter changes query vectors
         doc = "Use water well below boiling for green tea."
@@ -328,9 +330,10 @@ def test_second_adapt_replaces_the_first(store: dict) -> None:
         assert report.kept and report.replaced == first.name and second != first
         assert _adapter_dirs(store) == [second.name]  # the old adapter is gone
         q = index.query_encoder.encode_queries(QUERIES)
+        precision = index.encoder.precision
     # base + the new adapter only (trained from the base model, not on top of the first)
-    np.testing.assert_allclose(q, LGAnnaEncoder.from_pretrained("minilm", adapter=second).encode_queries(QUERIES),
-                               atol=1e-6)
+    direct = LGAnnaEncoder.from_pretrained("minilm", adapter=second, precision=precision)
+    np.testing.assert_allclose(q, direct.encode_queries(QUERIES), atol=1e-6)
     with _open(store) as index:
         np.testing.assert_allclose(index.query_encoder.encode_queries(QUERIES), q, atol=1e-6)
     assert json.loads((second / "lganna.json").read_text())["base_model"] == "minilm"
@@ -394,7 +397,8 @@ def test_adapt_trains_adapter_models_and_instructed_decoders(model: str, tmp_pat
         assert report.kept and report.steps == 3
         q = index.query_encoder.encode_queries(QUERIES)
         assert np.abs(q - base_q).max() > 1e-5
-        direct = LGAnnaEncoder.from_pretrained(name, adapter=index.adapter).encode_queries(QUERIES)
+        direct = LGAnnaEncoder.from_pretrained(name, adapter=index.adapter, precision=index.encoder.precision)
+        direct = direct.encode_queries(QUERIES)
         np.testing.assert_allclose(q, direct, atol=1e-5)
     with Index(tmp_path / "s", collection="docs") as index:  # reopened: the adapter over its model
         np.testing.assert_allclose(index.query_encoder.encode_queries(QUERIES), q, atol=1e-5)
