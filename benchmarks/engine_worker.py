@@ -10,7 +10,8 @@ line on stdin, one JSON answer per line on stdout:
 
 Engines (``--engine``): ``lganna:PRECISION`` (lganna-rag's encoder), ``variant:NAME`` (the runtimes lganna-rag could use
 instead, built here from its fp32 ONNX export: ``ort-int8-opt`` ONNX Runtime's transformer optimizer then dynamic int8,
-``ort-int8-static`` the optimizer then static int8 calibrated on training texts, ``openvino-fp32``, ``openvino-bf16``),
+``ort-int8-static`` the optimizer then static int8 calibrated on training texts, ``openvino-fp32``; OpenVINO bf16 is
+lganna-rag's own ``bf16-openvino``),
 ``st`` (sentence-transformers, PyTorch fp32),
 ``st-onnx`` (its ONNX Runtime backend), ``st-onnx-qint8`` (its dynamically quantized ONNX export), ``fastembed``
 (fastembed's TextEmbedding from a local folder, registered as a custom model).
@@ -58,30 +59,16 @@ def _calibration_texts(n: int = 96) -> list[str]:
 
 def _variant(model: str, kind: str, threads: int, max_length: int, work: Path) -> Callable[[list[str], int], np.ndarray]:
     """lganna-rag's encoder with its transformer replaced by another runtime's build of the same weights."""
-    import torch
-    from transformers.modeling_outputs import BaseModelOutput
-
     from lganna_rag import LGAnnaEncoder
     from lganna_rag.onnx_int8 import OnnxInt8Transformer, export_fp32
 
     enc = LGAnnaEncoder.from_pretrained(model, precision="fp32", threads=threads, device="cpu")
     config = enc.model.config
     fp32 = export_fp32(enc.model, work / "fp32.onnx", pad_id=enc.pad_token_id)
-    if kind.startswith("openvino"):
-        import openvino as ov
+    if kind == "openvino-fp32":  # lganna-rag's bf16-openvino path with the f32 hint
+        from lganna_rag.openvino_bf16 import OpenVinoTransformer
 
-        compiled = ov.Core().compile_model(str(fp32), "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16" if kind.endswith("bf16") else "f32",
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-
-        class OpenVino(torch.nn.Module):
-            def forward(self, input_ids: Any, attention_mask: Any, **_: Any) -> Any:
-                out = compiled({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-                return BaseModelOutput(last_hidden_state=torch.from_numpy(np.asarray(out[0])))
-
-        module = OpenVino()
-        module.config = config
-        enc.model = module
+        enc.model = OpenVinoTransformer(fp32, config, threads=threads, hint="f32")
     else:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.transformers import optimizer

@@ -1,5 +1,5 @@
 """Side by side on the CPU: lganna-rag's precisions (and the other runtimes it could use: ONNX Runtime's transformer
-optimizer with dynamic or static int8, OpenVINO fp32 and bf16) against sentence-transformers (PyTorch, its ONNX
+optimizer with dynamic or static int8, OpenVINO fp32) against sentence-transformers (PyTorch, its ONNX
 backend and its dynamically quantized ONNX export) and fastembed, on the same model files and the same texts.
 
 Each engine runs in its own process (:mod:`lganna_rag.benchmarks.engine_worker`; the peers from another
@@ -35,9 +35,9 @@ from lganna_rag.metrics import ndcg_at_k
 from .quality import RESULTS_DIR, _versions
 from .tasks import load_retrieval
 
-LGANNA_ENGINES = ("lganna:fp32", "lganna:bf16", "lganna:int8-onnx")
+LGANNA_ENGINES = ("lganna:fp32", "lganna:bf16", "lganna:bf16-openvino", "lganna:int8-onnx")
 #: Other runtimes for lganna-rag's encoders, built in the worker from the same fp32 export (measured, not shipped).
-VARIANT_ENGINES = ("variant:ort-int8-opt", "variant:ort-int8-static", "variant:openvino-fp32", "variant:openvino-bf16")
+VARIANT_ENGINES = ("variant:ort-int8-opt", "variant:ort-int8-static", "variant:openvino-fp32")
 PEER_ENGINES = ("st", "st-onnx", "st-onnx-qint8", "fastembed")
 SETS = ("queries", "passages-128", "passages-256")
 WORKER = Path(__file__).resolve().parent / "engine_worker.py"
@@ -228,8 +228,7 @@ def _start(model: str, files: dict[str, Any], peers_python: str | None, peers: t
            work: Path) -> list[Engine]:
     import importlib.util
 
-    ours = [*LGANNA_ENGINES, *(v for v in VARIANT_ENGINES
-                               if not v.startswith("variant:openvino") or importlib.util.find_spec("openvino"))]
+    ours = [e for e in (*LGANNA_ENGINES, *VARIANT_ENGINES) if "openvino" not in e or importlib.util.find_spec("openvino")]
     engines = [Engine(e, model, sys.executable, pooling=files["pooling"], threads=threads, max_length=512, work=work)
                for e in ours]
     for e in peers:
