@@ -11,6 +11,14 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+#: Four documents and, in the same order, a query that each one answers (and none of the others).
+DOCS = ["Green tea should be brewed with water at about 80 degrees Celsius for two minutes.",
+        "Kubernetes restarts a pod when its liveness probe fails repeatedly.",
+        "The Eiffel Tower is in Paris and was finished in 1889.",
+        "A man is playing an acoustic guitar on a small stage."]
+QUERIES = ["what water temperature for brewing green tea", "why does my pod keep restarting",
+           "when was the eiffel tower built", "someone performing music"]
+
 TOPICS = {
     "volcanoes.md": "# Volcanoes\n\nMagma rises through the crust and erupts as lava, ash and volcanic gas. "
                     "Shield volcanoes have gentle slopes built from fluid basalt lava flows.",

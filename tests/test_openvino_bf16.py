@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from files import DOCS, QUERIES
 from lganna_rag import LGAnnaEncoder
 
-DOCS = ["Green tea should be brewed with water at about 80 degrees Celsius for two minutes.",
-        "Kubernetes restarts a pod when its liveness probe fails repeatedly.",
-        "The Eiffel Tower is in Paris and was finished in 1889.",
-        "A man is playing an acoustic guitar on a small stage."]
-QUERIES = ["what water temperature for brewing green tea", "why does my pod keep restarting",
-           "when was the eiffel tower built", "someone performing music"]
 
 
 def _load(name: str, precision: str) -> LGAnnaEncoder:
