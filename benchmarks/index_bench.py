@@ -192,7 +192,8 @@ def measure_latency(encoder: LGAnnaEncoder, texts: list[str], vectors: np.ndarra
 # ---------------------------------------------------------------------------------------------- report
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
-    lines = [f"# Index benchmarks ({results['model']}, {results['machine']}, {results['torch_threads']} torch "
+    at = f" at {results['precision']}" if "precision" in results else ""  # older files: fp32, not recorded
+    lines = [f"# Index benchmarks ({results['model']}{at}, {results['machine']}, {results['torch_threads']} torch "
              f"threads, load average at start {results['load_average_at_start'][0]})", ""]
     overhead = results.get("overhead", [])
     runs = overhead if isinstance(overhead, list) else [overhead]  # older files hold one run as a dict
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = LGAnnaEncoder.from_pretrained(args.model, precision=args.precision)
 
     results: dict[str, Any] = {
-        "model": encoder.name, "torch_threads": torch.get_num_threads(),
+        "model": encoder.name, "precision": encoder.precision, "torch_threads": torch.get_num_threads(),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {platform.machine()}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M"),
