@@ -99,7 +99,7 @@ def int8_backend(precision: str, *, is_decoder: bool) -> str:
     from .onnx_int8 import onnx_available, require_onnx
 
     if precision == "auto":
-        return "int8-onnx" if not is_decoder and onnx_available() and INT8_FEATURES & cpu_flags() else "fp32"
+        return "int8-onnx" if runs_here("int8-onnx", is_decoder=is_decoder) else "fp32"
     if precision == "int8":
         return "int8-onnx" if not is_decoder and onnx_available() else "int8-torch"
     if precision == "int8-onnx":
