@@ -334,7 +334,7 @@ REGISTRY: dict[str, RegisteredModel] = {
         "lganna-bge-small",
         "bge-small-en-v1.5 + a LoRA adapter trained here with the LG-ANNA recipe, its delta halved toward the base "
         "(WiSE-FT; bundled adapter, merged at load; needs bge-small)",
-        _bundled("lganna-bge-small"),
+        _bundled("lganna-bge-small"), auto_precision=("bf16-openvino",),
     ),
     "lganna-7b": RegisteredModel(
         "lganna-7b",

@@ -116,7 +116,7 @@ def test_auto_precision_is_the_models_measured_choice_where_the_cpu_supports_it_
     # bge-small (TrecQA -1.77); OpenVINO bf16 and PyTorch bf16 passed for both (OpenVINO's is the faster)
     assert {n: m.auto_precision for n, m in REGISTRY.items() if m.auto_precision} == {
         "bge-small": ("bf16-openvino", "bf16"), "minilm": ("bf16-openvino", "bf16"),
-        "lganna-minilm": ("bf16-openvino",)}
+        "lganna-minilm": ("bf16-openvino",), "lganna-bge-small": ("bf16-openvino",)}
     assert LGAnnaEncoder.from_pretrained("lganna-minilm", device="cpu", precision="auto").precision == "fp32"
     monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert loading.concrete_precision("auto", is_decoder=False, dtype_given=False, merged=True,
