@@ -28,10 +28,11 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -144,28 +145,42 @@ def export_fp32(model: torch.nn.Module, path: Path, *, pad_id: int) -> Path:
 
 
 def export_int8(model: torch.nn.Module, out: Path, *, pad_id: int) -> Path:
-    """Export ``model`` to ONNX (:func:`export_fp32`), quantize its weights to ``out`` (:data:`QUANT_SETTINGS`).
-
-    Written atomically: a temporary folder next to ``out`` is filled and ``model-int8.onnx`` renamed into place.
-    """
+    """Export ``model`` to ONNX (:func:`export_fp32`, beside ``out`` as ``model-fp32.onnx``), quantize its weights to
+    ``out`` (:data:`QUANT_SETTINGS`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
-        fp32_path, int8_path = Path(tmp) / "model-fp32.onnx", Path(tmp) / "model-int8.onnx"
-        export_fp32(model, fp32_path, pad_id=pad_id)
-        quiet = _QuietQuantizer()
-        logging.getLogger().addFilter(quiet)  # the quantizer logs a generic pre-processing hint on the root logger
-        try:
-            quantize_dynamic(
-                fp32_path, int8_path, weight_type=getattr(QuantType, QUANT_SETTINGS["weight_type"]),
-                per_channel=QUANT_SETTINGS["per_channel"], reduce_range=QUANT_SETTINGS["reduce_range"],
-                extra_options={"DefaultTensorType": 1},  # FLOAT, where ONNX shape inference leaves a type open
-            )
-        finally:
-            logging.getLogger().removeFilter(quiet)
-        os.replace(int8_path, out)
+    fp32_path = export_fp32(model, out.with_name("model-fp32.onnx"), pad_id=pad_id)
+    quiet = _QuietQuantizer()
+    logging.getLogger().addFilter(quiet)  # the quantizer logs a generic pre-processing hint on the root logger
+    try:
+        quantize_dynamic(
+            fp32_path, out, weight_type=getattr(QuantType, QUANT_SETTINGS["weight_type"]),
+            per_channel=QUANT_SETTINGS["per_channel"], reduce_range=QUANT_SETTINGS["reduce_range"],
+            extra_options={"DefaultTensorType": 1},  # FLOAT, where ONNX shape inference leaves a type open
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return out
+
+
+def cached_export(model: torch.nn.Module, file_name: str, build: Callable[[Path], Any], *, what: str,
+                  cache: Path | None = None, progress: bool = True) -> Path:
+    """``cache_dir()/onnx/<fingerprint>/<file_name>`` for ``model``, made on first use by ``build(path)``.
+
+    Written atomically: ``build`` fills a temporary folder next to the cached file, which is then renamed into
+    place, so an interrupted export leaves nothing that a later load would take for a finished one.
+    """
+    from .models import cache_dir
+
+    path = (cache or cache_dir() / "onnx") / fingerprint(model) / file_name
+    if not path.is_file():
+        if progress:
+            print(f"exporting {type(model).__name__} to {what} (once, cached in {path.parent}) ...", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+            build(Path(tmp) / file_name)
+            os.replace(Path(tmp) / file_name, path)
+    return path
 
 
 class OnnxInt8Transformer(torch.nn.Module):
@@ -203,13 +218,6 @@ def load_int8(model: torch.nn.Module, *, pad_id: int, threads: int | None = None
               progress: bool = True) -> OnnxInt8Transformer:
     """The ONNX Runtime int8 version of ``model``: exported and quantized on first use, then read from the cache."""
     require_onnx()
-    from .models import cache_dir
-
-    path = (cache or cache_dir() / "onnx") / fingerprint(model) / "model-int8.onnx"
-    if not path.is_file():
-        if progress:
-            import sys
-
-            print(f"exporting {type(model).__name__} to ONNX int8 (once, cached in {path.parent}) ...", file=sys.stderr)
-        export_int8(model, path, pad_id=pad_id)
+    path = cached_export(model, "model-int8.onnx", lambda out: export_int8(model, out, pad_id=pad_id),
+                         what="ONNX int8", cache=cache, progress=progress)
     return OnnxInt8Transformer(path, model.config, threads=threads)

@@ -15,9 +15,6 @@ PyTorch bf16 reached 2.62x / 2.85x and ONNX Runtime int8 (faster on MiniLM, 3.81
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -95,19 +92,11 @@ def load_openvino(model: torch.nn.Module, *, pad_id: int, threads: int | None = 
     """The OpenVINO bf16 version of ``model`` (an fp32 encoder on the CPU): exported on first use, then read from the
     cache; checked against ``model`` (:func:`check_against`) every time it is compiled."""
     require_openvino()
-    from .models import cache_dir
-    from .onnx_int8 import export_fp32, fingerprint, require_onnx
+    from .onnx_int8 import cached_export, export_fp32, require_onnx
 
     require_onnx()  # the export is checked with ONNX Runtime
-    path = (cache or cache_dir() / "onnx") / fingerprint(model) / "model-fp32.onnx"
-    if not path.is_file():
-        if progress:
-            print(f"exporting {type(model).__name__} to ONNX for OpenVINO (once, cached in {path.parent}) ...",
-                  file=sys.stderr)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
-            export_fp32(model, Path(tmp) / path.name, pad_id=pad_id)
-            os.replace(Path(tmp) / path.name, path)
+    path = cached_export(model, "model-fp32.onnx", lambda out: export_fp32(model, out, pad_id=pad_id),
+                         what="ONNX for OpenVINO", cache=cache, progress=progress)
     compiled = OpenVinoTransformer(path, model.config, threads=threads)
     check_against(model, compiled, pad_id=pad_id)
     return compiled
