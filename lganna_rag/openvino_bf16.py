@@ -7,9 +7,10 @@ precision hint (bf16 matrix products on AMX / AVX-512 BF16, accumulation and the
 float32) and checked against the torch model once more on a padded batch. Only the transformer forward changes: the
 encoder's own pooling, prompt masking and normalisation run on the hidden states it returns.
 
-Why it exists, measured by ``lganna-rag bench engines`` (README, Speed): on a 2-core AMX CPU it ran MiniLM at
-3.67x and bge-small at 4.26x PyTorch fp32 on 128-token passages, with vectors at cosine 1.0000 to fp32, where
-PyTorch bf16 reached 2.62x / 2.85x and ONNX Runtime int8 (faster on MiniLM, 3.81x) failed the quality rule.
+Why it exists, measured by ``lganna-rag bench engines`` (README, Speed; ``benchmarks/results/engines.md``): on a
+2-core CPU with AVX-512 BF16 (no AMX), 2 threads, 128-token passages, it ran MiniLM at 3.71x and bge-small at 4.31x
+PyTorch fp32, with vectors at cosine 1.0000 to fp32, where PyTorch bf16 reached 2.69x / 3.33x and ONNX Runtime
+int8 (3.15x / 4.18x) failed the quality rule.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 #: The lowest cosine between OpenVINO's bf16 hidden states and torch fp32's, per token of the check batch, that a
-#: compiled model may have (measured: above 0.999 on MiniLM and bge-small).
+#: compiled model may have (measured: 0.99995 to 0.99998 for minilm, bge-small and their bundled adapters).
 MIN_TOKEN_COSINE = 0.99
 
 
